@@ -1,0 +1,434 @@
+"""Generate the CFFI API-mode module ``gadget._ggml`` from GGML's own installed headers.
+
+Nothing here mirrors a C prototype or struct by hand. The steps:
+
+1. preprocess the public headers with the system C compiler (against empty stand-ins for the
+   libc headers, so only GGML's own declarations remain; cffi knows ``int64_t``, ``size_t``,
+   ``bool`` and ``FILE`` already);
+2. parse the result with pycparser (cffi's own parser) and keep every typedef, struct and enum,
+   and every function declaration whose symbol the built libraries actually export;
+3. collect the integer ``#define`` constants of the headers (``GGML_MAX_DIMS``, ...) and let the C
+   compiler supply their values (``#define NAME ...``);
+4. generate a *guard* for every function declared in ``ggml.h`` (implemented in C, in ``ggml.c``):
+   a C wrapper that sets a ``setjmp`` point before calling GGML. GGML's abort callback, set once at
+   import, ``longjmp``s back to the innermost guard of the calling thread, so a failed
+   ``GGML_ASSERT`` while *building* a graph becomes a Python exception instead of ``abort()``.
+
+Why a generated C guard instead of per-op validation in Python: GGML already checks every
+constructor's inputs (shapes, types, broadcasting, view bounds, ...) with ``GGML_ASSERT``; re-stating
+those rules in Python would duplicate hundreds of conditions that drift with every GGML release,
+and would cost Python time on every op call. The guard costs one ``setjmp`` (tens of nanoseconds)
+and reports GGML's own message. Its limits: it only covers C frames on the calling thread, so
+it is generated for ``ggml.h`` (``ggml.c``, pure C) only; functions implemented in C++
+(``gguf.cpp``, ``ggml-backend.cpp``, ``ggml-opt.cpp``) and graph *computation* (worker threads)
+are not guarded: the layers above validate their inputs before calling them.
+
+``make_ffibuilder(include_dir, lib_dir)`` returns the configured ``cffi.FFI``; ``setup.py``
+calls it after building GGML. ``python build_ffi.py INCLUDE_DIR LIB_DIR OUT_DIR`` emits the C
+source for inspection.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cffi
+from pycparser import c_ast, c_generator, c_parser
+
+#: The public headers bound, in include order. ``ggml-cuda.h`` is added for CUDA builds.
+HEADERS = ['ggml.h', 'ggml-alloc.h', 'ggml-backend.h', 'ggml-cpu.h', 'ggml-opt.h', 'ggml-rpc.h', 'gguf.h']
+CUDA_HEADERS = ['ggml-cuda.h']
+
+#: Headers whose functions are implemented in C and run on the calling thread: safe to guard.
+GUARDED_HEADERS = {'ggml.h'}
+
+#: Never guarded: they cannot return (ggml_abort), install the hooks themselves, or take varargs.
+UNGUARDED = {'ggml_abort', 'ggml_set_abort_callback', 'ggml_log_set', 'ggml_log_get'}
+
+#: Types cffi knows natively; declared here only so pycparser can parse the preprocessed text.
+_KNOWN_TYPES = ['bool', 'size_t', 'ssize_t', 'FILE', 'va_list', 'intptr_t', 'uintptr_t'] + [
+    f'{u}int{n}_t' for u in ('', 'u') for n in (8, 16, 32, 64)
+]
+_PRELUDE = ''.join(f'typedef int {t};\n' for t in _KNOWN_TYPES)
+_PRELUDE_LINES = len(_KNOWN_TYPES)
+
+_C_HELPERS = r'''
+#include <setjmp.h>
+#include <stdio.h>
+#include <string.h>
+
+/* One guard point per thread: GGML's abort callback jumps back to the innermost guarded call of
+   the thread that failed. Outside a guarded call (e.g. GGML's worker threads during compute) the
+   callback returns and GGML aborts as usual, after printing its message. */
+static __thread jmp_buf *gadget_jmp = NULL;
+static __thread int gadget_failed = 0;
+static __thread char gadget_message[2048];
+
+static void gadget_on_abort(const char *message) {
+    jmp_buf *target = gadget_jmp;
+    if (target != NULL) {
+        snprintf(gadget_message, sizeof gadget_message, "%s", message);
+        gadget_failed = 1;
+        longjmp(*target, 1);
+    }
+    fprintf(stderr, "GGML aborted outside a guarded call: %s\n", message);
+    fflush(stderr);
+}
+
+static void gadget_install_abort_guard(void) {
+    ggml_set_abort_callback(gadget_on_abort);
+}
+
+/* Returns and clears the calling thread's pending GGML failure message, or NULL if none. */
+static const char *gadget_take_error(void) {
+    if (!gadget_failed) {
+        return NULL;
+    }
+    gadget_failed = 0;
+    return gadget_message;
+}
+
+static int gadget_error_pending(void) {
+    return gadget_failed;
+}
+'''
+
+_CDEF_HELPERS = '''
+static void gadget_install_abort_guard(void);
+static const char *gadget_take_error(void);
+static int gadget_error_pending(void);
+static const char *gadget_api(void);
+extern "Python" void gadget_log_callback(enum ggml_log_level, const char *, void *);
+'''
+
+
+@dataclass
+class Function:
+    name: str
+    header: str
+    decl: c_ast.Decl
+    params: list[str]
+    variadic: bool
+    returns: str          # 'void', 'tensor', 'pointer' or 'value'
+    first_param: str      # C type of the first parameter ('' if none)
+    prototype: str = ''
+    string_params: list[int] = field(default_factory=list)  # indexes of `char *` parameters
+
+
+@dataclass
+class Binding:
+    """Everything generated from the headers: the cdef text, the C source and the API table."""
+    cdef: str
+    source: str
+    functions: dict[str, Function] = field(default_factory=dict)
+    constants: list[str] = field(default_factory=list)
+    guarded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)   # declared but not exported
+    enums: list[str] = field(default_factory=list)     # tags of the named enums
+
+
+def find_compiler() -> str:
+    for cc in (os.environ.get('CC'), 'cc', 'gcc', 'clang'):
+        if cc and shutil.which(cc.split()[0]):
+            return cc
+    raise RuntimeError('no C compiler found (set CC)')
+
+
+def preprocess(include_dir: Path, headers: list[str]) -> str:
+    """Run the C preprocessor over ``headers``, with libc replaced by empty stand-ins."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fake = Path(tmp) / 'fake_libc'
+        fake.mkdir()
+        for name in ('stdbool.h', 'stddef.h', 'stdint.h', 'stdio.h', 'stdlib.h', 'string.h', 'stdarg.h'):
+            (fake / name).write_text('')
+        umbrella = Path(tmp) / 'gadget_all.h'
+        umbrella.write_text(''.join(f'#include "{h}"\n' for h in headers))
+        cmd = find_compiler().split() + [
+            '-E', '-nostdinc', '-I', str(fake), '-I', str(include_dir),
+            '-D__attribute__(x)=', '-D_Noreturn=', '-Drestrict=', '-D__restrict=', '-D__restrict__=',
+            '-D__inline=', '-D__extension__=', '-U__GNUC__', str(umbrella),
+        ]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def exported_symbols(libraries: list[Path]) -> set[str]:
+    """Names of the functions the built shared libraries export (``nm -D --defined-only``)."""
+    symbols: set[str] = set()
+    for lib in libraries:
+        out = subprocess.run(['nm', '-D', '--defined-only', str(lib)], check=True,
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in ('T', 'W', 'i'):
+                symbols.add(parts[2].split('@')[0])
+    return symbols
+
+
+_DEFINE = re.compile(r'^\s*#\s*define\s+((?:GGML|GGUF)_[A-Z0-9_]+)[ \t]+([^\n]+?)\s*(?://.*)?$', re.M)
+_INT_EXPR = re.compile(r'^[\s()0-9a-fA-FxXuUlL<>|&+\-*~]+$')
+
+
+def integer_constants(include_dir: Path, headers: list[str]) -> list[str]:
+    """The headers' object-like ``#define``s whose bodies are integer constant expressions."""
+    bodies: dict[str, str] = {}
+    for header in headers:
+        for name, body in _DEFINE.findall((include_dir / header).read_text()):
+            bodies[name] = body.split('/*')[0].strip()
+    names: list[str] = []
+    for name, body in bodies.items():
+        # A body may refer to other integer constants (e.g. GGML_KQ_MASK_PAD); replace them first.
+        expanded = re.sub(r'\b(?:GGML|GGUF)_[A-Z0-9_]+\b',
+                          lambda m: '1' if m.group(0) in bodies else m.group(0), body)
+        if _INT_EXPR.match(expanded) and re.search(r'\d', expanded):
+            names.append(name)
+    return sorted(names)
+
+
+def _type_text(node: c_ast.Node) -> str:
+    return c_generator.CGenerator().visit(node)
+
+
+def _declare(type_node: c_ast.Node, name: str | None) -> str:
+    """C text declaring ``name`` (or an abstract type when None) of the type ``type_node``."""
+    node = copy.deepcopy(type_node)
+    _set_declname(node, name)
+    if name is None:
+        return _type_text(c_ast.Typename(None, [], None, node)).strip()
+    return _type_text(c_ast.Decl(name, [], [], [], [], node, None, None)).strip()
+
+
+def _return_kind(decl: c_ast.Decl) -> str:
+    ret = decl.type.type
+    text = _declare(ret, None)
+    if text == 'void':
+        return 'void'
+    if text == 'struct ggml_tensor *':
+        return 'tensor'
+    if isinstance(ret, c_ast.PtrDecl):
+        return 'pointer'
+    return 'value'
+
+
+def _param_info(decl: c_ast.Decl) -> tuple[list[c_ast.Node], bool]:
+    params = decl.type.args.params if decl.type.args else []
+    variadic = any(isinstance(p, c_ast.EllipsisParam) for p in params)
+    params = [p for p in params if not isinstance(p, c_ast.EllipsisParam)]
+    if len(params) == 1 and _type_text(params[0]).strip() == 'void':
+        params = []
+    return params, variadic
+
+
+def _set_declname(node: c_ast.Node, name: str) -> None:
+    while not isinstance(node, c_ast.TypeDecl):
+        node = node.type
+    node.declname = name
+
+
+def _rename_params(params: list[c_ast.Node]) -> list[str]:
+    names = []
+    for i, p in enumerate(params):
+        name = getattr(p, 'name', None) or f'arg{i}'
+        if name in names:
+            name = f'{name}_{i}'
+        p.name = name
+        _set_declname(p.type, name)
+        names.append(name)
+    return names
+
+
+def _guard_source(fn: Function) -> str:
+    decl = copy.deepcopy(fn.decl)
+    decl.storage = ['static']
+    decl.funcspec = []
+    decl.name = f'gadget_guard_{fn.name}'
+    _set_declname(decl.type, decl.name)
+    params, _ = _param_info(decl)
+    names = _rename_params(params)
+    head = c_generator.CGenerator().visit(decl)
+    call = f"{fn.name}({', '.join(names)})"
+    result_decl = _declare(fn.decl.type.type, 'result')
+    if fn.returns == 'void':
+        body = (f'    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
+                f'    if (setjmp(here)) {{ gadget_jmp = outer; return; }}\n'
+                f'    gadget_jmp = &here;\n    {call};\n    gadget_jmp = outer;\n')
+    else:
+        body = (f'    {result_decl};\n'
+                f'    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
+                f'    if (setjmp(here)) {{ gadget_jmp = outer; memset(&result, 0, sizeof result); return result; }}\n'
+                f'    gadget_jmp = &here;\n    result = {call};\n    gadget_jmp = outer;\n    return result;\n')
+    return f'{head}\n{{\n{body}}}\n'
+
+
+class _ArrayDims(c_ast.NodeVisitor):
+    def visit_ArrayDecl(self, node: c_ast.ArrayDecl) -> None:
+        # cffi's cdef only evaluates plain numbers; `[...]` asks the compiler for the length.
+        if node.dim is not None and not isinstance(node.dim, c_ast.Constant):
+            node.dim = c_ast.ID('...')
+        self.generic_visit(node)
+
+
+class _Enums(c_ast.NodeVisitor):
+    def __init__(self) -> None:
+        self.tags: list[str] = []
+
+    def visit_Enum(self, node: c_ast.Enum) -> None:
+        if node.name and node.values is not None:
+            self.tags.append(node.name)
+
+    @classmethod
+    def find(cls, node: c_ast.Node) -> list[str]:
+        finder = cls()
+        finder.visit(node)
+        return finder.tags
+
+
+def _simplify_array_dims(node: c_ast.Node) -> None:
+    _ArrayDims().visit(node)
+
+
+def collect(text: str, exported: set[str], guarded_headers: set[str]) -> Binding:
+    """Parse the preprocessed headers; keep types and the exported functions."""
+    ast = c_parser.CParser().parse(_PRELUDE + text, '<ggml headers>')
+    gen = c_generator.CGenerator()
+    cdef_parts: list[str] = []
+    binding = Binding(cdef='', source='')
+    typedefs: set[str] = set()
+    for node in ast.ext[_PRELUDE_LINES:]:
+        if isinstance(node, c_ast.Typedef):
+            if node.name in typedefs:
+                continue  # headers repeat some typedefs (C11 allows it, cdef does not)
+            typedefs.add(node.name)
+        if isinstance(node, c_ast.FuncDef):
+            continue  # static inline helpers in headers: not part of the ABI
+        header = os.path.basename(node.coord.file) if node.coord and node.coord.file else ''
+        if isinstance(node, c_ast.Decl) and isinstance(node.type, c_ast.FuncDecl):
+            name = node.name
+            if name not in exported:
+                binding.skipped.append(name)
+                continue
+            node.storage = [s for s in node.storage if s != 'extern']
+            node.funcspec = []
+            params, variadic = _param_info(node)
+            first = _declare(params[0].type, None) if params else ''
+            fn = Function(name=name, header=header, decl=node, params=[], variadic=variadic,
+                          returns=_return_kind(node), first_param=first.strip())
+            fn.params = [getattr(p, 'name', None) or f'arg{i}' for i, p in enumerate(params)]
+            fn.string_params = [i for i, p in enumerate(params)
+                                if _declare(p.type, None).replace('const ', '') == 'char *']
+            fn.prototype = gen.visit(node) + ';'
+            binding.functions[name] = fn
+            cdef_parts.append(gen.visit(node) + ';')
+        elif isinstance(node, c_ast.Decl) and node.storage and 'extern' in node.storage:
+            continue  # global variables: none are part of GGML's public API
+        else:
+            for enum in _Enums.find(node):
+                if enum not in binding.enums:
+                    binding.enums.append(enum)
+            if isinstance(node, c_ast.Decl) and node.init is not None:
+                node.init = None  # `static const size_t X = sizeof(...)`: the compiler supplies it
+            _simplify_array_dims(node)
+            cdef_parts.append(gen.visit(node) + ';')
+    binding.cdef = '\n'.join(cdef_parts)
+    guards = []
+    for fn in binding.functions.values():
+        if fn.header in guarded_headers and not fn.variadic and fn.name not in UNGUARDED:
+            guards.append(_guard_source(fn))
+            binding.guarded.append(fn.name)
+    binding.source = '\n'.join(guards)
+    return binding
+
+
+def api_table(binding: Binding) -> str:
+    """JSON description of every bound function, compiled into the module as ``gadget_api()``."""
+    table = {
+        name: {
+            'header': fn.header,
+            'params': fn.params,
+            'variadic': fn.variadic,
+            'returns': fn.returns,
+            'graph_op': fn.returns == 'tensor' and fn.first_param == 'struct ggml_context *',
+            'guarded': name in binding.guarded,
+            'strings': fn.string_params,
+            'c': fn.prototype,
+        }
+        for name, fn in binding.functions.items()
+    }
+    return json.dumps({'functions': table, 'constants': binding.constants, 'enums': binding.enums,
+                       'skipped': sorted(binding.skipped)}, separators=(',', ':'))
+
+
+def _c_string(text: str) -> str:
+    # Split into chunks: C compilers cap the length of a single string literal token.
+    chunks = [text[i:i + 2000] for i in range(0, len(text), 2000)]
+    return '\n'.join('"' + c.replace('\\', '\\\\').replace('"', '\\"') + '"' for c in chunks)
+
+
+def generate(include_dir: Path, lib_dir: Path, cuda: bool | None = None) -> Binding:
+    include_dir, lib_dir = Path(include_dir), Path(lib_dir)
+    if cuda is None:
+        cuda = any(lib_dir.glob('libggml-cuda.so*'))
+    headers = HEADERS + (CUDA_HEADERS if cuda else [])
+    libraries = sorted(p for p in lib_dir.glob('libggml*.so') if p.is_file())
+    if not libraries:
+        raise RuntimeError(f'no GGML libraries in {lib_dir}')
+    binding = collect(preprocess(include_dir, headers), exported_symbols(libraries), GUARDED_HEADERS)
+    binding.constants = integer_constants(include_dir, headers)
+    return binding
+
+
+def library_names(lib_dir: Path) -> list[str]:
+    """Linker names (``ggml``, ``ggml-base``, ...) of the GGML libraries in ``lib_dir``."""
+    names = sorted({p.name[3:].split('.so')[0] for p in Path(lib_dir).glob('libggml*.so')})
+    return names
+
+
+def make_ffibuilder(include_dir: Path, lib_dir: Path, cuda: bool | None = None) -> cffi.FFI:
+    """The configured ``cffi.FFI`` for ``gadget._ggml``, linked against the libraries in ``lib_dir``."""
+    binding = generate(include_dir, lib_dir, cuda)
+    headers = HEADERS + (CUDA_HEADERS if (cuda if cuda is not None else
+                                          any(Path(lib_dir).glob('libggml-cuda.so*'))) else [])
+    ffi = cffi.FFI()
+    ffi.cdef(binding.cdef)
+    ffi.cdef(''.join(f'#define {name} ...\n' for name in binding.constants))
+    ffi.cdef(''.join(f'static {_guard_decl(binding.functions[n])};\n' for n in binding.guarded))
+    ffi.cdef(_CDEF_HELPERS)
+    includes = ''.join(f'#include "{h}"\n' for h in headers)
+    source = (includes + _C_HELPERS + binding.source
+              + f'\nstatic const char *gadget_api(void) {{\n    return {_c_string(api_table(binding))};\n}}\n')
+    ffi.set_source(
+        'gadget._ggml', source,
+        include_dirs=[str(include_dir)],
+        library_dirs=[str(lib_dir)],
+        libraries=library_names(lib_dir),
+        # The GGML libraries ship in gadget/lib/ next to the extension module.
+        extra_link_args=["-Wl,-rpath,$ORIGIN/lib"],
+        extra_compile_args=['-O2', '-Wno-unused-function', '-Wno-deprecated-declarations'],
+    )
+    return ffi
+
+
+def _guard_decl(fn: Function) -> str:
+    decl = copy.deepcopy(fn.decl)
+    decl.storage = []
+    decl.name = f'gadget_guard_{fn.name}'
+    _set_declname(decl.type, decl.name)
+    return c_generator.CGenerator().visit(decl)
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 4:
+        sys.exit('usage: python build_ffi.py INCLUDE_DIR LIB_DIR OUT_DIR')
+    builder = make_ffibuilder(Path(sys.argv[1]), Path(sys.argv[2]))
+    out = Path(sys.argv[3])
+    out.mkdir(parents=True, exist_ok=True)
+    builder.emit_c_code(str(out / '_ggml.c'))
+    print(out / '_ggml.c')

@@ -1,0 +1,30 @@
+"""The exception types gadget raises. Every failure reported by GGML goes through :func:`ggml_failure`."""
+
+from __future__ import annotations
+
+
+class GadgetError(Exception):
+    """Base class of every gadget error."""
+
+
+class GgmlError(GadgetError):
+    """GGML reported a failure (a failed ``GGML_ASSERT`` caught before it could abort)."""
+
+
+class GgmlOpError(GgmlError, ValueError):
+    """A GGML op rejected its inputs (mismatched shapes, types, out-of-bounds views, ...).
+
+    ``op`` is the C function, ``reason`` GGML's own assertion text, ``where`` its source location.
+    """
+
+    def __init__(self, message: str, op: str = '', reason: str = '', where: str = ''):
+        super().__init__(message)
+        self.op, self.reason, self.where = op, reason, where
+
+
+class GgufError(GadgetError, ValueError):
+    """A GGUF file is malformed, truncated, or asks for something unsupported."""
+
+
+class BackendError(GadgetError, RuntimeError):
+    """A backend is unknown, not built in, or failed to initialise."""

@@ -1,0 +1,163 @@
+"""The GGML op layer: every public GGML function by its C name, guarded against aborts.
+
+The functions take and return the raw cffi pointers (``struct ggml_context *``,
+``struct ggml_tensor *``) exactly as the C API does, so calls to this module and to ``lib`` mix
+freely. On top of the C function each wrapper adds only:
+
+* **no aborts**: functions of ``ggml.h`` go through the generated C guard (see ``build_ffi.py``);
+  when GGML's own checks fail (``GGML_ASSERT``), a :class:`~gadget.errors.GgmlOpError` (a
+  ``ValueError``) names the op, GGML's assertion and the shapes of the tensor arguments, and the
+  interpreter and the context go on working;
+* ``name=``: graph ops (functions that take a context first and return a tensor) accept an
+  optional keyword that names the result node, for ``ggml_graph_get_tensor`` and
+  ``GgmlCompute.get_named_node``;
+* ``str`` is accepted wherever C takes ``const char *``.
+
+Functions implemented in C++ (backends, ``gguf_*``, ``ggml_opt_*``) cannot be guarded (see
+``build_ffi.py``); they are the raw ``lib`` functions, and the layers above validate their inputs.
+
+Conventions: shapes are in ggml order, ``ne[0]`` (the elements of one row) first: the reverse of
+numpy's. ``ggml_mul_mat(ctx, a, b)`` computes ``b @ a.T`` in numpy terms: ``a`` is
+``(K, M)`` and ``b`` is ``(K, N)`` in ggml order, the result ``(M, N)``.
+
+Enums are available as ``IntEnum`` classes named after their C tag in CamelCase (``GgmlType``,
+``GgmlOp``, ``GgufType``, ...; ``GGMLQuantizationType`` and ``GGUFValueType`` as in gguf-py), and
+every enum value and integer ``#define`` as a module constant by its C name (``GGML_TYPE_F32``).
+"""
+
+from __future__ import annotations
+
+import enum
+import keyword
+from typing import Any, Callable
+
+from ._ffi import API, ffi, lib
+from .errors import GgmlOpError
+
+__all__: list[str] = ['ffi', 'lib', 'GgmlOpError', 'tensor_shape', 'describe_tensor']
+
+_TENSOR_PTR = ffi.typeof('struct ggml_tensor *')
+
+
+def tensor_shape(tensor: Any) -> tuple[int, ...]:
+    """Shape of a ``ggml_tensor *`` in ggml order (``ne[0]`` first), trailing 1s dropped."""
+    n = lib.ggml_n_dims(tensor)
+    ne = tensor.ne
+    return tuple(ne[i] for i in range(n))
+
+
+def describe_tensor(tensor: Any) -> str:
+    """``'f32 [4, 3]'``: type and ggml-order shape of a tensor pointer, for messages."""
+    if tensor == ffi.NULL:
+        return 'NULL'
+    type_name = ffi.string(lib.ggml_type_name(tensor.type)).decode()
+    return f'{type_name} {list(tensor_shape(tensor))}'
+
+
+def _fail(op: str, params: tuple[str, ...], args: tuple[Any, ...], result: Any) -> Any:
+    """Raise the pending GGML failure of this thread for ``op``, or return ``result`` if none."""
+    message = lib.gadget_take_error()
+    if message == ffi.NULL:
+        return result
+    text = ffi.string(message).decode('utf-8', 'replace')
+    # GGML's text is 'path/to/ggml.c:3282: GGML_ASSERT(...) failed'.
+    where, _, reason = text.partition(': ')
+    where = where.rsplit('/', 1)[-1]
+    shapes = [f'{p}: {describe_tensor(a)}' for p, a in zip(params, args)
+              if isinstance(a, ffi.CData) and ffi.typeof(a) is _TENSOR_PTR]
+    detail = f" ({'; '.join(shapes)}; shapes in ggml order, ne[0] first)" if shapes else ''
+    if 'obj_new' in reason:
+        reason += (": the context's memory pool is full; create it with a larger mem_size "
+                   '(or no_alloc=True and allocate tensors in a backend buffer)')
+    raise GgmlOpError(f'{op}: {reason or text} [{where}]{detail}', op=op, reason=reason, where=where)
+
+
+def _set_name(tensor: Any, name: str | bytes) -> None:
+    lib.ggml_set_name(tensor, name.encode() if isinstance(name, str) else name)
+
+
+def _make_wrapper(c_name: str, info: dict[str, Any]) -> Callable[..., Any]:
+    """Generate the Python wrapper of one C function (straight-line code, no *args)."""
+    guarded = info['guarded']
+    target = getattr(lib, f'gadget_guard_{c_name}' if guarded else c_name)
+    params = [p + '_' if keyword.iskeyword(p) else p for p in info['params']]
+    takes_name = info['graph_op'] and 'name' not in params
+    if not guarded and not info['strings']:
+        return target  # nothing to add: the raw C function is the fastest wrapper
+
+    lines = []
+    for i in info['strings']:
+        p = params[i]
+        lines.append(f'    if {p}.__class__ is str: {p} = {p}.encode()')
+    call = f"_c({', '.join(params)})"
+    arg_tuple = f"({', '.join(params)}{',' if len(params) == 1 else ''})"
+    if not guarded:
+        lines.append(f'    return {call}')
+    elif info['returns'] in ('tensor', 'pointer'):
+        lines.append(f'    r = {call}')
+        lines.append(f'    if not r: return _fail({c_name!r}, _params, {arg_tuple}, r)')
+        if takes_name:
+            lines.append('    if name is not None: _set_name(r, name)')
+        lines.append('    return r')
+    else:
+        lines.append(f'    r = {call}')
+        lines.append(f'    if _pending(): _fail({c_name!r}, _params, {arg_tuple}, r)')
+        lines.append('    return r')
+    signature = ', '.join(params + (['name=None'] if takes_name else []))
+    source = f'def {c_name}({signature}):\n' + '\n'.join(lines) + '\n'
+    namespace = {'_c': target, '_fail': _fail, '_set_name': _set_name,
+                 '_pending': lib.gadget_error_pending, '_params': tuple(params)}
+    exec(compile(source, f'<gadget.ggml {c_name}>', 'exec'), namespace)
+    wrapper = namespace[c_name]
+    wrapper.__doc__ = info['c'] + ('\n\nname: optional name of the result node.' if takes_name else '')
+    wrapper.__module__ = __name__
+    return wrapper
+
+
+def _camel(tag: str) -> str:
+    return ''.join(part.capitalize() for part in tag.split('_'))
+
+
+def _make_enum(tag: str) -> type[enum.IntEnum]:
+    names = ffi.typeof(f'enum {tag}').relements
+    prefix = _common_prefix(list(names))
+    members = {}
+    for full, value in names.items():
+        short = full[len(prefix):]
+        members[short if short.isidentifier() and not keyword.iskeyword(short) else full] = value
+    return enum.IntEnum(_camel(tag), members, module=__name__)
+
+
+def _common_prefix(names: list[str]) -> str:
+    if len(names) < 2:
+        return names[0].rsplit('_', 1)[0] + '_' if names and '_' in names[0] else ''
+    first, last = min(names), max(names)
+    i = 0
+    while i < min(len(first), len(last)) and first[i] == last[i]:
+        i += 1
+    return first[:first[:i].rfind('_') + 1]
+
+
+def _export() -> None:
+    g = globals()
+    for c_name, info in API['functions'].items():
+        g[c_name] = _make_wrapper(c_name, info)
+        __all__.append(c_name)
+    for name in dir(lib):
+        if name.isupper() and (name.startswith('GGML_') or name.startswith('GGUF_')):
+            value = getattr(lib, name)
+            if isinstance(value, int):
+                g[name] = value
+                __all__.append(name)
+    for tag in API['enums']:
+        cls = _make_enum(tag)
+        g[cls.__name__] = cls
+        __all__.append(cls.__name__)
+
+
+_export()
+
+#: gguf-py's names for the two enums users meet most.
+GGMLQuantizationType = globals()['GgmlType']
+GGUFValueType = globals()['GgufType']
+__all__ += ['GGMLQuantizationType', 'GGUFValueType']

@@ -1,0 +1,123 @@
+"""Build gadget: fetch the pinned GGML, compile it with CMake, generate the CFFI module.
+
+``pip install .`` / ``pip install -e .`` run three steps inside ``build_ext``:
+
+1. ``vendor/fetch.py`` unpacks the pinned GGML source into ``vendor/ggml`` (skipped when present);
+2. CMake configures and builds it in ``build/ggml-<key>/``, where ``<key>`` hashes the pin and the
+   CMake options, so an unchanged re-install reuses the previous build (CMake only re-checks it);
+   ``CMAKE_ARGS`` from the environment is passed through (``-DGGML_CUDA=ON`` builds CUDA);
+3. ``build_ffi.py`` generates ``gadget._ggml`` from the installed headers and libraries; the GGML
+   shared libraries are copied to ``gadget/lib/`` next to it (found through ``$ORIGIN`` rpath).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+# The fast CPU paths, as llama.cpp builds them. Users override any of these through CMAKE_ARGS.
+DEFAULT_CMAKE_ARGS = [
+    '-DCMAKE_BUILD_TYPE=Release',
+    '-DBUILD_SHARED_LIBS=ON',
+    '-DGGML_NATIVE=ON',
+    '-DGGML_OPENMP=ON',
+    '-DGGML_LLAMAFILE=ON',
+    '-DGGML_RPC=ON',
+    '-DGGML_BUILD_TESTS=OFF',
+    '-DGGML_BUILD_EXAMPLES=OFF',
+    '-DGGML_CCACHE=OFF',
+    # The libraries find each other next to themselves once copied into gadget/lib/.
+    '-DCMAKE_INSTALL_RPATH=$ORIGIN',
+    '-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON',
+]
+
+
+def cmake_args() -> list[str]:
+    return DEFAULT_CMAKE_ARGS + shlex.split(os.environ.get('CMAKE_ARGS', ''))
+
+
+def cuda_requested(args: list[str]) -> bool:
+    value = None
+    for arg in args:
+        if arg.startswith('-DGGML_CUDA=') or arg.startswith('-DGGML_CUDA:BOOL='):
+            value = arg.split('=', 1)[1].upper()
+    return value in ('ON', '1', 'TRUE', 'YES')
+
+
+def find_cmake() -> str:
+    try:
+        import cmake  # the PyPI wheel, a build requirement
+        return str(Path(cmake.CMAKE_BIN_DIR) / 'cmake')
+    except ImportError:
+        found = shutil.which('cmake')
+        if not found:
+            raise RuntimeError('CMake is needed to build GGML: pip install cmake') from None
+        return found
+
+
+def build_ggml() -> tuple[Path, Path, bool]:
+    """Fetch and build GGML; return (include dir, lib dir, cuda)."""
+    sys.path.insert(0, str(ROOT / 'vendor'))
+    from fetch import fetch, load_pin, pin_key
+
+    source = fetch()
+    args = cmake_args()
+    key = hashlib.sha256('\n'.join([pin_key(load_pin()), *args]).encode()).hexdigest()[:12]
+    build_dir = ROOT / 'build' / f'ggml-{key}'
+    prefix = build_dir / 'install'
+    cmake = find_cmake()
+    jobs = os.environ.get('CMAKE_BUILD_PARALLEL_LEVEL') or str(os.cpu_count() or 2)
+    # Configure every time: it takes seconds on an existing cache, and it re-points the build at
+    # this run's cmake (pip's isolated build environment, and so its cmake, is new every install).
+    subprocess.run([cmake, '-S', str(source), '-B', str(build_dir),
+                    f'-DCMAKE_INSTALL_PREFIX={prefix}', '-DCMAKE_INSTALL_LIBDIR=lib', *args],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([cmake, '--build', str(build_dir), '--parallel', jobs], check=True)
+    subprocess.run([cmake, '--install', str(build_dir)], check=True, stdout=subprocess.DEVNULL)
+    return prefix / 'include', prefix / 'lib', cuda_requested(args)
+
+
+class BuildGadget(build_ext):
+    """build_ext that builds GGML first and generates the CFFI extension from its headers."""
+
+    def run(self) -> None:
+        import build_ffi
+
+        include_dir, lib_dir, cuda = build_ggml()
+        ffi = build_ffi.make_ffibuilder(include_dir, lib_dir, cuda=cuda)
+        gen_dir = Path(self.build_temp) / 'gadget_ffi'
+        gen_dir.mkdir(parents=True, exist_ok=True)
+        generated = ffi.distutils_extension(str(gen_dir), verbose=False)
+        # Fill in the placeholder Extension that setuptools has already finalised.
+        ext = self.extensions[0]
+        for attr in ('sources', 'include_dirs', 'library_dirs', 'libraries', 'extra_compile_args',
+                     'extra_link_args', 'define_macros'):
+            setattr(ext, attr, list(getattr(generated, attr)))
+        super().run()
+        # Ship the GGML libraries (real files under their SONAMEs) next to the extension.
+        target = Path(self.get_ext_fullpath('gadget._ggml')).parent / 'lib'
+        target.mkdir(parents=True, exist_ok=True)
+        for lib in lib_dir.glob('libggml*.so*'):
+            if lib.is_symlink() or lib.name.endswith('.so'):
+                continue
+            soname = subprocess.run(['objdump', '-p', str(lib)], capture_output=True, text=True).stdout
+            name = next((ln.split()[1] for ln in soname.splitlines() if ln.strip().startswith('SONAME')),
+                        lib.name)
+            shutil.copyfile(lib, target / name)
+
+
+setup(
+    ext_modules=[Extension('gadget._ggml', sources=[])],  # replaced in BuildGadget.run
+    cmdclass={'build_ext': BuildGadget},
+)

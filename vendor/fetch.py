@@ -1,0 +1,99 @@
+"""Fetch the pinned GGML source into ``vendor/ggml`` (git-ignored).
+
+The pin (package, version, sha256) lives in ``vendor/ggml.pin.json``. The sdist is downloaded
+from the package index with pip, its hash verified, and only its ``ggml/`` folder unpacked.
+Nothing happens when the tree is already there for the same pin.
+
+Usage: ``python vendor/fetch.py`` (``setup.py`` calls :func:`fetch` itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+VENDOR = Path(__file__).resolve().parent
+PIN_FILE = VENDOR / 'ggml.pin.json'
+STAMP = '.gadget-pin'
+
+
+def load_pin() -> dict:
+    return json.loads(PIN_FILE.read_text())
+
+
+def pin_key(pin: dict) -> str:
+    return f"{pin['package']}=={pin['version']} sha256:{pin['sha256']}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(pin: dict, into: Path) -> Path:
+    cached = VENDOR / 'downloads' / pin['sdist']
+    if cached.exists() and sha256_of(cached) == pin['sha256']:
+        return cached
+    subprocess.run(
+        [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:',
+         '--disable-pip-version-check', '-d', str(into), f"{pin['package']}=={pin['version']}"],
+        check=True,
+    )
+    path = into / pin['sdist']
+    if not path.exists():
+        raise RuntimeError(f"pip did not produce {pin['sdist']} in {into}")
+    got = sha256_of(path)
+    if got != pin['sha256']:
+        raise RuntimeError(f"sha256 mismatch for {path.name}: expected {pin['sha256']}, got {got}")
+    cached.parent.mkdir(exist_ok=True)
+    shutil.copyfile(path, cached)
+    return cached
+
+
+def _safe_members(tar: tarfile.TarFile, prefix: str):
+    for member in tar.getmembers():
+        name = member.name
+        if not name.startswith(prefix + '/') or '..' in Path(name).parts or name.startswith('/'):
+            continue
+        if member.issym() or member.islnk():
+            continue
+        member.name = name[len(prefix) + 1:]
+        if member.name:
+            yield member
+
+
+def fetch(dest: Path | None = None, quiet: bool = False) -> Path:
+    """Make sure the pinned GGML tree is at ``dest`` (default ``vendor/ggml``); return its path."""
+    pin = load_pin()
+    dest = Path(dest) if dest else VENDOR / pin['subdir']
+    stamp = dest / STAMP
+    if stamp.exists() and stamp.read_text().strip() == pin_key(pin):
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = _download(pin, Path(tmp))
+        staging = Path(tmp) / 'tree'
+        with tarfile.open(sdist) as tar:
+            top = tar.getmembers()[0].name.split('/')[0]
+            tar.extractall(staging, members=list(_safe_members(tar, f"{top}/{pin['subdir']}")))
+        if not (staging / 'CMakeLists.txt').exists():
+            raise RuntimeError(f"{sdist.name} has no {pin['subdir']}/CMakeLists.txt")
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(staging), dest)
+    stamp.write_text(pin_key(pin) + '\n')
+    if not quiet:
+        print(f"gadget: fetched GGML {pin['ggml_version']} into {dest}")
+    return dest
+
+
+if __name__ == '__main__':
+    fetch()
