@@ -1,0 +1,89 @@
+"""GGML tensor types and their numpy counterparts.
+
+GGML types are ``GgmlType`` members (``gadget.ggml.GgmlType.F32`` ...), plain ints, or names
+(``'F32'``, ``'q4_0'``). Unquantized types map one-to-one to numpy dtypes (BF16 to
+``ml_dtypes.bfloat16``); quantized types are stored as raw blocks (``uint8``) and their block
+geometry comes from GGML's own type traits.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import ml_dtypes
+import numpy as np
+
+from .ggml import GgmlType, ffi, lib
+
+__all__ = ['TypeLike', 'as_ggml_type', 'type_name', 'numpy_dtype', 'ggml_type_for_dtype',
+           'is_quantized', 'block_size', 'type_size', 'row_size']
+
+TypeLike = Union[GgmlType, int, str]
+
+_NUMPY: dict[int, np.dtype] = {
+    GgmlType.F32: np.dtype(np.float32),
+    GgmlType.F16: np.dtype(np.float16),
+    GgmlType.BF16: np.dtype(ml_dtypes.bfloat16),
+    GgmlType.F64: np.dtype(np.float64),
+    GgmlType.I8: np.dtype(np.int8),
+    GgmlType.I16: np.dtype(np.int16),
+    GgmlType.I32: np.dtype(np.int32),
+    GgmlType.I64: np.dtype(np.int64),
+}
+_FROM_NUMPY = {dtype: t for t, dtype in _NUMPY.items()}
+
+
+def as_ggml_type(value: TypeLike) -> GgmlType:
+    """``GgmlType`` for a member, an int or a name such as ``'F16'`` / ``'q4_k'``."""
+    if isinstance(value, str):
+        try:
+            return GgmlType[value.upper()]
+        except KeyError:
+            known = ', '.join(m.name for m in GgmlType if type_size(m) > 0)
+            raise ValueError(f'unknown GGML type {value!r}; known types: {known}') from None
+    try:
+        return GgmlType(int(value))
+    except ValueError:
+        raise ValueError(f'unknown GGML type id {value!r}') from None
+
+
+def type_name(value: TypeLike) -> str:
+    """GGML's name of a type (``'f32'``, ``'q4_0'``)."""
+    return ffi.string(lib.ggml_type_name(as_ggml_type(value))).decode()
+
+
+def is_quantized(value: TypeLike) -> bool:
+    return bool(lib.ggml_is_quantized(as_ggml_type(value)))
+
+
+def block_size(value: TypeLike) -> int:
+    """Elements per block (1 for unquantized types, e.g. 32 for Q4_0, 256 for K-quants)."""
+    return lib.ggml_blck_size(as_ggml_type(value))
+
+
+def type_size(value: TypeLike) -> int:
+    """Bytes per block (0 for removed types such as Q4_2)."""
+    return lib.ggml_type_size(as_ggml_type(value))
+
+
+def row_size(value: TypeLike, n: int) -> int:
+    """Bytes of a row of ``n`` elements (``n`` must be a multiple of the block size)."""
+    t = as_ggml_type(value)
+    if n % block_size(t):
+        raise ValueError(f'a {type_name(t)} row needs a multiple of {block_size(t)} elements, got {n}')
+    return lib.ggml_row_size(t, n)
+
+
+def numpy_dtype(value: TypeLike) -> np.dtype:
+    """numpy dtype holding one element of an unquantized type; ``uint8`` (raw blocks) otherwise."""
+    t = as_ggml_type(value)
+    return _NUMPY.get(t, np.dtype(np.uint8))
+
+
+def ggml_type_for_dtype(dtype: np.dtype | type) -> GgmlType:
+    """The GGML type storing a numpy dtype exactly (float32 → F32, bfloat16 → BF16, ...)."""
+    dt = np.dtype(dtype)
+    if dt in _FROM_NUMPY:
+        return GgmlType(_FROM_NUMPY[dt])
+    supported = ', '.join(str(d) for d in _FROM_NUMPY)
+    raise TypeError(f'no GGML type holds numpy dtype {dt}; supported: {supported}')
