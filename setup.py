@@ -117,7 +117,8 @@ class BuildGadget(build_ext):
             shutil.copyfile(lib, target / name)
 
 
-setup(
-    ext_modules=[Extension('gadget._ggml', sources=[])],  # replaced in BuildGadget.run
-    cmdclass={'build_ext': BuildGadget},
-)
+if __name__ == '__main__':  # setuptools runs this file as __main__; tests import the helpers
+    setup(
+        ext_modules=[Extension('gadget._ggml', sources=[])],  # filled in by BuildGadget.run
+        cmdclass={'build_ext': BuildGadget},
+    )
