@@ -26,10 +26,27 @@ def _info(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from .errors import GgufError
+    from .gguf import GgufFile
+
+    try:
+        with GgufFile.from_path(args.file) as gguf:
+            print(gguf.describe(max_items=args.items))
+    except (GgufError, OSError) as exc:
+        print(f'gadget inspect: {exc}', file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='gadget', description='Build and run GGML models.')
     commands = parser.add_subparsers(dest='command', required=True)
     commands.add_parser('info', help='versions, devices and CPU features of this build').set_defaults(run=_info)
+    inspect = commands.add_parser('inspect', help='print the fields and tensor table of a GGUF file')
+    inspect.add_argument('file', help='path of a .gguf file')
+    inspect.add_argument('--items', type=int, default=8, help='array items shown before abbreviating')
+    inspect.set_defaults(run=_inspect)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -89,7 +89,8 @@ def _make_wrapper(c_name: str, info: dict[str, Any]) -> Callable[..., Any]:
     for i in info['strings']:
         p = params[i]
         lines.append(f'    if {p}.__class__ is str: {p} = {p}.encode()')
-    call = f"_c({', '.join(params)})"
+    variadic = ['*varargs'] if info['variadic'] else []
+    call = f"_c({', '.join(params + variadic)})"
     arg_tuple = f"({', '.join(params)}{',' if len(params) == 1 else ''})"
     if not guarded:
         lines.append(f'    return {call}')
@@ -103,7 +104,7 @@ def _make_wrapper(c_name: str, info: dict[str, Any]) -> Callable[..., Any]:
         lines.append(f'    r = {call}')
         lines.append(f'    if _pending(): _fail({c_name!r}, _params, {arg_tuple}, r)')
         lines.append('    return r')
-    signature = ', '.join(params + (['name=None'] if takes_name else []))
+    signature = ', '.join(params + variadic + (['name=None'] if takes_name else []))
     source = f'def {c_name}({signature}):\n' + '\n'.join(lines) + '\n'
     namespace = {'_c': target, '_fail': _fail, '_set_name': _set_name,
                  '_pending': lib.gadget_error_pending, '_params': tuple(params)}
