@@ -1,14 +1,33 @@
 """gadget: build and run GGML models from Python.
 
 Layers, bottom-up (each imports only from the ones below it): the generated binding
-(``gadget._ggml`` via ``gadget._ffi``) → the op layer ``gadget.ggml`` → arrays and GGUF → compute →
-declarative models → model architectures → front ends.
+(``gadget._ggml`` via ``gadget._ffi``) → the op layer ``gadget.ggml`` and ``gadget.types`` →
+``gadget.backends`` → ``gadget.arrays`` and ``gadget.gguf`` → ``gadget.compute`` →
+``gadget.model`` → model architectures → front ends.
+
+The public names below are imported on first use, so ``import gadget`` stays cheap.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .errors import BackendError, GadgetError, GgmlError, GgmlOpError, GgufError
 
 __version__ = '0.1.0'
 
-__all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError']
+_LAZY = {
+    'GgmlCompute': 'compute', 'GgmlModel': 'model', 'Parameter': 'model', 'Tensor': 'model',
+    'State': 'model', 'GgufFile': 'gguf', 'backends': 'backends', 'Backend': 'backends',
+}
+
+__all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError', *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -21,18 +21,20 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 
 from .errors import GgufError
 from .ggml import GgmlType, GgufType, ffi, lib
+from .arrays import dequantize_blocks, quantize
 from .types import TypeLike, as_ggml_type, block_size, is_quantized, numpy_dtype, type_name, type_size
 
 __all__ = ['GgufFile', 'GgufTensor', 'GgufType', 'GgufError', 'GGUF_MAGIC', 'DEFAULT_ALIGNMENT']
 
 GGUF_MAGIC = b'GGUF'
 DEFAULT_ALIGNMENT = 32
+_ALIGNMENT_KEY = 'general.alignment'
 _MAX_DEPTH = 16            # nesting of arrays of arrays
 _MAX_DIMS = 4
 
@@ -49,6 +51,7 @@ _VALUE_TYPES = frozenset(int(t) for t in GgufType if t.name != 'COUNT')
 _U32 = struct.Struct('<I')
 _U64 = struct.Struct('<Q')
 _DTYPE_TO_GGUF = {np.dtype(dt): t for t, (_, dt) in _SCALAR.items()}
+_GGML_TYPES = frozenset(int(t) for t in GgmlType if t.name != 'COUNT' and type_size(t) > 0)
 _INT_RANGES = [(GgufType.INT32, -2**31, 2**31 - 1), (GgufType.INT64, -2**63, 2**63 - 1),
                (GgufType.UINT64, 0, 2**64 - 1)]
 
@@ -356,11 +359,17 @@ class GgufFile:
         for at, name, shape, ttype, offset in infos:
             if name in self.tensors:
                 raise cur.fail(f'duplicate tensor name {name!r}', at)
-            if ttype >= lib.GGML_TYPE_COUNT or type_size(ttype) == 0:
+            if ttype not in _GGML_TYPES:
                 raise cur.fail(f'tensor {name!r}: unknown or removed GGML type {ttype}', at)
             gtype = GgmlType(ttype)
             if any(d >= 2**63 for d in shape):
                 raise cur.fail(f'tensor {name!r}: dimension out of range {list(shape)}', at)
+            n_elements = 1
+            for d in shape:
+                n_elements *= d
+            if n_elements >= 2**63:
+                raise cur.fail(f'tensor {name!r}: element count of shape {list(shape)} overflows '
+                               '64 bits', at)
             blck = block_size(gtype)
             if shape[0] % blck:
                 raise cur.fail(f'tensor {name!r}: row of {shape[0]} elements is not a multiple of the '
@@ -423,6 +432,8 @@ class GgufFile:
                 return default
             raise KeyError(f'no GGUF field {name!r}; fields: {", ".join(self._fields) or "(none)"}')
         if not field.loaded:
+            if self._buf is None:
+                raise GgufError(f'{self.path}: file is closed; field {name!r} was not read before close()')
             field.value, _ = _decode_value(self._buf, field.offset, field.type)
             field.loaded = True
         return field.value
@@ -479,7 +490,12 @@ class GgufFile:
         """
         if not isinstance(name, str) or not name:
             raise GgufError(f'field names are non-empty strings, got {name!r}')
-        vtype, etype, value = _normalise(value, _as_gguf_type(type), _as_gguf_type(element_type), name)
+        vtype = _as_gguf_type(type)
+        if vtype is None and name == _ALIGNMENT_KEY:
+            vtype = GgufType.UINT32   # the only type GGML's and gguf-py's readers accept here
+        vtype, etype, value = _normalise(value, vtype, _as_gguf_type(element_type), name)
+        if vtype == GgufType.ARRAY and _array_depth(value) > _MAX_DEPTH:
+            raise GgufError(f'field {name!r}: arrays nested deeper than {_MAX_DEPTH} levels cannot be read back')
         self._fields[name] = _Field(type=vtype, element_type=etype, value=value, loaded=True)
 
     def remove_field(self, name: str) -> None:
@@ -498,7 +514,7 @@ class GgufFile:
         """
         if not isinstance(name, str) or not name:
             raise GgufError(f'tensor names are non-empty strings, got {name!r}')
-        if len(name.encode()) >= lib.GGML_MAX_NAME:
+        if len(_encode_name(name, 'tensor')) >= lib.GGML_MAX_NAME:
             raise GgufError(f'tensor name {name!r} is longer than GGML allows ({lib.GGML_MAX_NAME - 1} bytes)')
         array = np.asarray(array)
         if array.ndim == 0:
@@ -523,7 +539,10 @@ class GgufFile:
                 data = np.ascontiguousarray(array)
             else:
                 shape = tuple(reversed(array.shape))
-                data = quantize(array, gtype)
+                try:
+                    data = quantize(array, gtype)
+                except ValueError as exc:
+                    raise GgufError(f'tensor {name!r}: {exc}') from None
         else:
             data = np.ascontiguousarray(array, dtype=numpy_dtype(gtype))
             shape = tuple(reversed(array.shape))
@@ -543,6 +562,7 @@ class GgufFile:
             raise GgufError(f'alignment must be a power of two, got {alignment}')
         fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent or '.')
         try:
+            os.chmod(tmp, _new_file_mode(path))   # mkstemp makes 0600 files
             with os.fdopen(fd, 'wb') as out:
                 self._write(out, alignment)
             os.replace(tmp, path)
@@ -555,16 +575,22 @@ class GgufFile:
 
     def _write(self, out: BinaryIO, alignment: int) -> None:
         header = bytearray()
-        header += GGUF_MAGIC + _U32.pack(3) + _U64.pack(len(self.tensors)) + _U64.pack(len(self._fields))
-        for name in self._fields:
-            field = self._fields[name]
-            value = self.get_field(name)
-            header += _pack_string(name.encode()) + _U32.pack(field.type)
-            _pack_value(header, field.type, field.element_type, value, name)
+        records = [(name, field.type, field.element_type, self.get_field(name))
+                   for name, field in self._fields.items()]
+        # The alignment the data are written with must be what the file says (as UINT32).
+        if _ALIGNMENT_KEY in self._fields:
+            records = [(_ALIGNMENT_KEY, GgufType.UINT32, None, alignment) if r[0] == _ALIGNMENT_KEY else r
+                       for r in records]
+        elif alignment != DEFAULT_ALIGNMENT:
+            records.append((_ALIGNMENT_KEY, GgufType.UINT32, None, alignment))
+        header += GGUF_MAGIC + _U32.pack(3) + _U64.pack(len(self.tensors)) + _U64.pack(len(records))
+        for name, vtype, etype, value in records:
+            header += _pack_string(_encode_name(name, 'field')) + _U32.pack(vtype)
+            _pack_value(header, vtype, etype, value, name)
         offsets, offset = [], 0
         for t in self.tensors.values():
             offsets.append(offset)
-            header += _pack_string(t.name.encode()) + _U32.pack(len(t.shape))
+            header += _pack_string(_encode_name(t.name, 'tensor')) + _U32.pack(len(t.shape))
             header += b''.join(_U64.pack(d) for d in t.shape)
             header += _U32.pack(t.type) + _U64.pack(offset)
             offset += -(-t.nbytes // alignment) * alignment
@@ -574,7 +600,8 @@ class GgufFile:
             data = t.array
             if data.nbytes != t.nbytes:
                 raise GgufError(f'tensor {t.name!r}: {data.nbytes} bytes of data for {t.nbytes} expected')
-            out.write(memoryview(np.ascontiguousarray(data)).cast('B'))
+            # bytes, not the array's own buffer: the buffer protocol has no format for bfloat16
+            out.write(memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)))
             out.write(b'\0' * (-t.nbytes % alignment))
 
     # --- lifetime and display ----------------------------------------------------------------
@@ -721,10 +748,34 @@ def _normalise(value: Any, vtype: GgufType | None, etype: GgufType | None,
             raise GgufError(f'field {name!r}: {vtype.name} needs a number, got {type(value).__name__}')
         try:
             struct.pack(_SCALAR[vtype][0], value.item() if isinstance(value, np.generic) else value)
-        except struct.error as exc:
+        except (struct.error, OverflowError) as exc:
             raise GgufError(f'field {name!r}: {value!r} does not fit {vtype.name}: {exc}') from None
         return vtype, None, (value.item() if isinstance(value, np.generic) else value)
     raise GgufError(f'field {name!r}: unsupported GGUF value type {vtype!r}')
+
+
+def _array_depth(value: Any) -> int:
+    """Levels of arrays in a normalised ARRAY value (1 for a flat array)."""
+    if isinstance(value, list) and value and not isinstance(value[0], str):
+        return 1 + max(_array_depth(v) for v in value)
+    return 1
+
+
+def _encode_name(name: str, kind: str) -> bytes:
+    try:
+        return name.encode('utf-8')
+    except UnicodeEncodeError as exc:
+        raise GgufError(f'{kind} name {name!r} is not valid UTF-8: {exc}') from None
+
+
+def _new_file_mode(path: Path) -> int:
+    """Mode for the saved file: that of the file it replaces, else 0666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _pack_string(raw: bytes) -> bytes:
@@ -735,7 +786,7 @@ def _pack_value(out: bytearray, vtype: GgufType, etype: GgufType | None, value: 
     if vtype in _SCALAR:
         try:
             out += struct.pack(_SCALAR[vtype][0], value)
-        except struct.error as exc:
+        except (struct.error, OverflowError) as exc:
             raise GgufError(f'field {name!r}: {value!r} does not fit {vtype.name}: {exc}') from None
     elif vtype == GgufType.STRING:
         out += _pack_string(value.encode('utf-8', 'surrogateescape'))
@@ -770,52 +821,6 @@ def _abbreviate(value: Any, n: int) -> str:
         return text if len(text) <= 80 else text[:77] + '...'
     text = ', '.join(repr(v) if not isinstance(v, (list, np.ndarray)) else f'[{len(v)} items]' for v in items)
     return f'[{text}{f", ... ({more} more)" if more > 0 else ""}] ({len(value)})'
-
-
-# --------------------------------------------------------------------------------------------
-# Quantization through GGML
-# --------------------------------------------------------------------------------------------
-
-def quantize(array: np.ndarray, ggml_type: TypeLike) -> np.ndarray:
-    """Quantize a float array (numpy order) to raw ``uint8`` blocks shaped ``(..., bytes per row)``."""
-    t = as_ggml_type(ggml_type)
-    src = np.ascontiguousarray(array, dtype=np.float32)
-    if src.ndim == 0:
-        src = src.reshape(1)
-    n_per_row = src.shape[-1]
-    blck = block_size(t)
-    if n_per_row % blck:
-        raise GgufError(f'{type_name(t)} quantizes rows of a multiple of {blck} elements; '
-                        f'the array has rows of {n_per_row}')
-    if lib.ggml_quantize_requires_imatrix(t):
-        raise GgufError(f'{type_name(t)} needs an importance matrix to quantize; choose another type')
-    nrows = src.size // n_per_row if n_per_row else 0
-    row_bytes = n_per_row // blck * type_size(t)
-    out = np.empty(src.shape[:-1] + (row_bytes,), dtype=np.uint8)
-    if src.size:
-        lib.ggml_quantize_init(t)
-        lib.ggml_quantize_chunk(t, ffi.cast('float *', ffi.from_buffer(src)), ffi.from_buffer(out), 0,
-                                nrows, n_per_row, ffi.NULL)
-    return out
-
-
-def dequantize_blocks(blocks: np.ndarray, ggml_type: TypeLike, shape: Iterable[int] | None = None) -> np.ndarray:
-    """Decode raw blocks (``uint8``, ``(..., bytes per row)``) of a GGML type to float32 (numpy order)."""
-    t = as_ggml_type(ggml_type)
-    blocks = np.ascontiguousarray(blocks, dtype=np.uint8)
-    row_bytes = blocks.shape[-1] if blocks.ndim else blocks.size
-    if row_bytes % type_size(t):
-        raise GgufError(f'{row_bytes} bytes per row is not a whole number of {type_name(t)} blocks')
-    n_per_row = row_bytes // type_size(t) * block_size(t)
-    out = np.empty(blocks.shape[:-1] + (n_per_row,), dtype=np.float32)
-    traits = lib.ggml_get_type_traits(t)
-    if traits.to_float == ffi.NULL:
-        raise GgufError(f'GGML cannot decode {type_name(t)}')
-    if out.size:
-        traits.to_float(ffi.from_buffer(blocks), ffi.cast('float *', ffi.from_buffer(out)), out.size)
-    if shape is not None:
-        out = out.reshape(tuple(reversed(tuple(shape))))
-    return out
 
 
 if sys.byteorder != 'little':  # pragma: no cover

@@ -1,0 +1,223 @@
+"""numpy / torch arrays in and out of GGML tensors (host or backend memory).
+
+Shapes: arrays are in numpy order, tensors in ggml order (reversed). Types: an array goes into a
+tensor of its exact type; float32 data also goes into F16 / BF16 (converted) and quantized tensors
+(quantized by GGML); ``uint8`` raw blocks shaped ``(..., bytes per row)`` go into quantized tensors
+as they are. Reading a quantized tensor returns dequantized float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from .ggml import describe_tensor, ffi, lib
+from .types import (TypeLike, as_ggml_type, block_size, ggml_type_for_dtype, is_quantized, numpy_dtype,
+                    type_name, type_size)
+
+__all__ = ['quantize', 'dequantize_blocks', 'numpy_shape', 'set_tensor_data', 'get_tensor_data',
+           'to_numpy_input', 'FRAMEWORKS']
+
+FRAMEWORKS = ('numpy', 'torch')
+
+
+def quantize(array: np.ndarray, ggml_type: TypeLike) -> np.ndarray:
+    """Quantize a float array (numpy order) to raw ``uint8`` blocks shaped ``(..., bytes per row)``."""
+    t = as_ggml_type(ggml_type)
+    src = np.ascontiguousarray(array, dtype=np.float32)
+    if src.ndim == 0:
+        src = src.reshape(1)
+    n_per_row = src.shape[-1]
+    blck = block_size(t)
+    if n_per_row % blck:
+        raise ValueError(f'{type_name(t)} quantizes rows of a multiple of {blck} elements; '
+                         f'the array has rows of {n_per_row}')
+    if lib.ggml_quantize_requires_imatrix(t):
+        raise ValueError(f'{type_name(t)} needs an importance matrix to quantize; choose another type')
+    nrows = src.size // n_per_row if n_per_row else 0
+    out = np.empty(src.shape[:-1] + (n_per_row // blck * type_size(t),), dtype=np.uint8)
+    if src.size:
+        lib.ggml_quantize_init(t)
+        lib.ggml_quantize_chunk(t, ffi.cast('float *', ffi.from_buffer(src)), ffi.from_buffer(out), 0,
+                                nrows, n_per_row, ffi.NULL)
+    return out
+
+
+def dequantize_blocks(blocks: np.ndarray, ggml_type: TypeLike,
+                      shape: Iterable[int] | None = None) -> np.ndarray:
+    """Decode raw blocks (``uint8``, ``(..., bytes per row)``) to float32 through GGML's type traits.
+
+    ``shape`` (ggml order) reshapes the result; by default it keeps the rows of ``blocks``.
+    """
+    t = as_ggml_type(ggml_type)
+    blocks = np.ascontiguousarray(blocks, dtype=np.uint8)
+    row_bytes = blocks.shape[-1] if blocks.ndim else blocks.size
+    if row_bytes % type_size(t):
+        raise ValueError(f'{row_bytes} bytes per row is not a whole number of {type_name(t)} blocks')
+    n_per_row = row_bytes // type_size(t) * block_size(t)
+    out = np.empty(blocks.shape[:-1] + (n_per_row,), dtype=np.float32)
+    traits = lib.ggml_get_type_traits(t)
+    if traits.to_float == ffi.NULL:
+        raise ValueError(f'GGML cannot decode {type_name(t)}')
+    if out.size:
+        traits.to_float(ffi.from_buffer(blocks), ffi.cast('float *', ffi.from_buffer(out)), out.size)
+    if shape is not None:
+        out = out.reshape(tuple(reversed(tuple(shape))))
+    return out
+
+
+def numpy_shape(tensor: Any, ndim: int | None = None) -> tuple[int, ...]:
+    """numpy-order shape of a tensor: ``ndim`` dimensions (default: ``ggml_n_dims``)."""
+    n = ndim if ndim is not None else lib.ggml_n_dims(tensor)
+    return tuple(tensor.ne[i] for i in reversed(range(n)))
+
+
+def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    i = 0
+    while i < len(shape) - 1 and shape[i] == 1:
+        i += 1
+    return shape[i:]
+
+
+def to_numpy_input(array: Any) -> np.ndarray:
+    """numpy view of an input array (numpy arrays, CPU torch tensors, anything array-like)."""
+    if isinstance(array, np.ndarray):
+        return array
+    if type(array).__module__.startswith('torch'):
+        if array.device.type != 'cpu':
+            raise ValueError(f'a torch tensor on {array.device} can only go into a tensor of a GPU '
+                             'backend; move it with .cpu() for this backend')
+        import torch
+        tensor = array.detach()
+        if tensor.dtype == torch.bfloat16:
+            import ml_dtypes
+            return tensor.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.numpy()
+    return np.asarray(array)
+
+
+def _prepare(tensor: Any, array: np.ndarray, label: str, ndim: int | None,
+             offset: int | None) -> tuple[np.ndarray, int]:
+    """Check and convert ``array`` for ``tensor``; return (contiguous bytes source, byte offset)."""
+    t = tensor.type
+    full = numpy_shape(tensor, ndim if ndim is not None else 4)
+    if offset is None:
+        expected = full
+    else:
+        outer = tensor.ne[3] if ndim is None else tensor.ne[ndim - 1]
+        n_rows = array.shape[0] if array.ndim else 1
+        if offset < 0 or offset + n_rows > outer:
+            raise ValueError(f'{label}: rows [{offset}, {offset + n_rows}) of the outermost dimension are '
+                             f'out of range 0..{outer}')
+        expected = (n_rows,) + full[1:]
+
+    raw_blocks = is_quantized(t) and array.dtype == np.uint8
+    if raw_blocks:
+        row = expected[-1] // block_size(t) * type_size(t) if expected else 0
+        expected_raw = expected[:-1] + (row,)
+        if _strip_ones(tuple(array.shape)) != _strip_ones(expected_raw):
+            raise ValueError(f'{label}: raw {type_name(t)} blocks of shape {tuple(array.shape)}, expected '
+                             f'{expected_raw} (numpy order; {row} bytes per row)')
+        data = np.ascontiguousarray(array)
+    else:
+        if _strip_ones(tuple(array.shape)) != _strip_ones(expected):
+            raise ValueError(f'{label}: shape {tuple(array.shape)} does not match the tensor\'s '
+                             f'{expected} (numpy order; ggml order {list(reversed(expected))})')
+        data = _convert(array, t, label)
+    if offset is None:
+        return data, 0
+    row_bytes = tensor.nb[3] if ndim is None else tensor.nb[ndim - 1]
+    return data, offset * row_bytes
+
+
+def _convert(array: np.ndarray, t: int, label: str) -> np.ndarray:
+    if is_quantized(t):
+        if array.dtype != np.float32:
+            raise TypeError(f'{label}: a {type_name(t)} tensor takes float32 data (quantized on the '
+                            f'way in) or uint8 raw blocks, got {array.dtype}')
+        return quantize(array, t)
+    target = numpy_dtype(t)
+    if array.dtype == target:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.float32 and target.itemsize == 2:   # float32 -> F16 / BF16
+        return np.ascontiguousarray(array, dtype=target)
+    try:
+        given = type_name(ggml_type_for_dtype(array.dtype))
+    except TypeError:
+        given = str(array.dtype)
+    raise TypeError(f'{label}: a {type_name(t)} tensor takes {target} data, got {array.dtype} ({given}); '
+                    f'convert it first, e.g. array.astype(np.{target})')
+
+
+def set_tensor_data(tensor: Any, array: Any, label: str = 'tensor', ndim: int | None = None,
+                    offset: int | None = None) -> None:
+    """Copy ``array`` (numpy order) into ``tensor``, converting as the module docstring says.
+
+    ``offset`` writes rows starting there along the outermost ggml dimension (numpy's first axis);
+    ``ndim`` is the tensor's declared number of dimensions (for the meaning of "outermost").
+    """
+    _check_allocated(tensor, label)
+    data, byte_offset = _prepare(tensor, to_numpy_input(array), label, ndim, offset)
+    if byte_offset + data.nbytes > lib.ggml_nbytes(tensor):
+        raise ValueError(f'{label}: {data.nbytes} bytes at offset {byte_offset} exceed the tensor '
+                         f'({describe_tensor(tensor)}, {lib.ggml_nbytes(tensor)} bytes)')
+    if data.nbytes == 0:
+        return
+    if _buffer(tensor) != ffi.NULL:
+        lib.ggml_backend_tensor_set(tensor, ffi.from_buffer(data), byte_offset, data.nbytes)
+    else:
+        ffi.memmove(ffi.cast('char *', tensor.data) + byte_offset, ffi.from_buffer(data), data.nbytes)
+
+
+def _buffer(tensor: Any) -> Any:
+    return tensor.view_src.buffer if tensor.view_src != ffi.NULL else tensor.buffer
+
+
+def _check_allocated(tensor: Any, label: str) -> None:
+    # GGML asserts this inside C++ (ggml-backend.cpp), where no guard can catch it: check first.
+    if tensor.data == ffi.NULL:
+        raise ValueError(f'{label}: the tensor has no memory yet (its graph or buffer is not allocated)')
+
+
+def get_tensor_data(tensor: Any, framework: str = 'numpy', ndim: int | None = None,
+                    label: str = 'tensor') -> Any:
+    """Copy ``tensor`` out as a numpy array (or torch tensor) in numpy order; quantized → float32."""
+    _check_allocated(tensor, label)
+    t = tensor.type
+    shape = numpy_shape(tensor, ndim)
+    if lib.ggml_is_contiguous(tensor):
+        nbytes = lib.ggml_nbytes(tensor)
+        raw = np.empty(nbytes, dtype=np.uint8)
+        _read(tensor, raw, nbytes)
+        if is_quantized(t):
+            row = tensor.ne[0] // block_size(t) * type_size(t)
+            out = dequantize_blocks(raw.reshape(-1, row), t).reshape(shape)
+        else:
+            out = raw.view(numpy_dtype(t)).reshape(shape)
+    else:
+        if is_quantized(t):
+            raise ValueError(f'cannot read a non-contiguous quantized tensor ({describe_tensor(tensor)}); '
+                             'make it contiguous in the graph (ggml_cont)')
+        dtype = numpy_dtype(t)
+        extent = sum((tensor.ne[i] - 1) * tensor.nb[i] for i in range(4)) + dtype.itemsize
+        raw = np.empty(-(-extent // dtype.itemsize) * dtype.itemsize, dtype=np.uint8)
+        _read(tensor, raw, extent)
+        strides = tuple(tensor.nb[i] for i in reversed(range(4)))
+        full = np.lib.stride_tricks.as_strided(raw.view(dtype), shape=numpy_shape(tensor, 4), strides=strides)
+        out = np.ascontiguousarray(full).reshape(shape)
+    if framework == 'torch':
+        import torch
+        if out.dtype.name == 'bfloat16':
+            return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(out)
+    return out
+
+
+def _read(tensor: Any, out: np.ndarray, nbytes: int) -> None:
+    if nbytes == 0:
+        return
+    if _buffer(tensor) != ffi.NULL:
+        lib.ggml_backend_tensor_get(tensor, ffi.from_buffer(out), 0, nbytes)
+    else:
+        ffi.memmove(ffi.from_buffer(out), tensor.data, nbytes)

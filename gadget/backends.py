@@ -1,0 +1,160 @@
+"""GGML backends through GGML's backend registry: ``'cpu'``, ``'cuda'`` / ``'cuda:N'`` when built in.
+
+:func:`backends` lists what this build and machine support; :class:`Backend` owns one initialised
+``ggml_backend_t`` (``close()`` / ``with``).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+from .errors import BackendError
+from .ggml import ffi, lib
+
+__all__ = ['Backend', 'backends', 'devices', 'default_threads', 'CUDA_REBUILD_HINT']
+
+CUDA_REBUILD_HINT = ('rebuild gadget with the CUDA backend: CMAKE_ARGS="-DGGML_CUDA=ON" pip install '
+                     '--force-reinstall --no-cache-dir . (from the source tree; see the README)')
+
+# Registry names of the backends gadget knows how to address, by gadget's name for them.
+_KINDS = {'cpu': 'CPU', 'cuda': 'CUDA'}
+
+
+def _text(ptr: Any) -> str:
+    return ffi.string(ptr).decode() if ptr != ffi.NULL else ''
+
+
+def default_threads() -> int:
+    """Threads for CPU compute: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def devices() -> list[dict[str, Any]]:
+    """Every device GGML's registry knows: name, description, type, registry, memory."""
+    out = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ffi.new('size_t *'), ffi.new('size_t *')
+        lib.ggml_backend_dev_memory(dev, free, total)
+        out.append({
+            'name': _text(lib.ggml_backend_dev_name(dev)),
+            'description': _text(lib.ggml_backend_dev_description(dev)),
+            'type': lib.ggml_backend_dev_type(dev),
+            'registry': _text(lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev))),
+            'memory_free': free[0], 'memory_total': total[0],
+        })
+    return out
+
+
+def _registry_devices(registry: str) -> list[Any]:
+    reg = lib.ggml_backend_reg_by_name(registry.encode())
+    if reg == ffi.NULL:
+        return []
+    return [lib.ggml_backend_reg_dev_get(reg, i) for i in range(lib.ggml_backend_reg_dev_count(reg))]
+
+
+def backends() -> list[str]:
+    """Backend names usable here: ``'cpu'`` always, ``'cuda:0'``... for each CUDA device."""
+    names = []
+    for kind, registry in _KINDS.items():
+        devs = _registry_devices(registry)
+        if kind == 'cpu':
+            names += ['cpu'] if devs else []
+        else:
+            names += [f'{kind}:{i}' for i in range(len(devs))]
+    return names
+
+
+def _parse(name: str) -> tuple[str, int]:
+    if not isinstance(name, str):
+        raise BackendError(f'backend names are strings such as "cpu" or "cuda:0", got {name!r}')
+    kind, _, index = name.strip().lower().partition(':')
+    if kind not in _KINDS:
+        raise BackendError(f'unknown backend {name!r}; available here: {", ".join(backends())} '
+                           f'(gadget knows: {", ".join(_KINDS)})')
+    if index and not index.isdigit():
+        raise BackendError(f'bad device index in backend {name!r}: expected e.g. "{kind}:0"')
+    if kind == 'cpu' and index not in ('', '0'):
+        raise BackendError(f'there is one CPU backend: use "cpu", not {name!r}')
+    return kind, int(index or 0)
+
+
+class Backend:
+    """One initialised GGML backend (device), owned by this object.
+
+    Arguments:
+        name: ``'cpu'``, ``'cuda'`` (device 0) or ``'cuda:N'``.
+        n_threads: CPU threads (CPU backend only); default: the cores available to this process.
+    """
+
+    def __init__(self, name: str = 'cpu', n_threads: int | None = None):
+        kind, index = _parse(name)
+        devs = _registry_devices(_KINDS[kind])
+        if not devs:
+            if kind == 'cuda':
+                raise BackendError(f'backend {name!r}: this build of gadget has no CUDA backend; '
+                                   f'{CUDA_REBUILD_HINT}')
+            raise BackendError(f'backend {name!r} is not available; available: {", ".join(backends())}')
+        if index >= len(devs):
+            raise BackendError(f'backend {name!r}: only {len(devs)} {kind} device(s) here '
+                               f'({", ".join(backends())})')
+        self.kind = kind
+        self.name = kind if kind == 'cpu' else f'{kind}:{index}'
+        self.device = devs[index]
+        handle = lib.ggml_backend_dev_init(self.device, ffi.NULL)
+        if handle == ffi.NULL:
+            raise BackendError(f'backend {name!r} failed to initialise')
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, lib.ggml_backend_free, handle)
+        self.n_threads = 0
+        if kind == 'cpu':
+            self.set_n_threads(n_threads or default_threads())
+
+    @property
+    def handle(self) -> Any:
+        """The ``ggml_backend_t`` (raises once closed)."""
+        if self._handle is None:
+            raise BackendError(f'backend {self.name!r} is closed')
+        return self._handle
+
+    @property
+    def is_host(self) -> bool:
+        """Whether tensors in this backend's default buffers live in host memory."""
+        return bool(lib.ggml_backend_buft_is_host(self.buffer_type))
+
+    @property
+    def buffer_type(self) -> Any:
+        return lib.ggml_backend_get_default_buffer_type(self.handle)
+
+    def set_n_threads(self, n_threads: int) -> None:
+        if self.kind != 'cpu':
+            return
+        if not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f'n_threads must be a positive int, got {n_threads!r}')
+        lib.ggml_backend_cpu_set_n_threads(self.handle, n_threads)
+        self.n_threads = n_threads
+
+    def description(self) -> str:
+        return _text(lib.ggml_backend_dev_description(self.device))
+
+    def close(self) -> None:
+        """Free the backend. Idempotent."""
+        if self._handle is not None:
+            self._finalizer()
+            self._handle = None
+
+    def __enter__(self) -> 'Backend':
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = 'closed' if self._handle is None else self.description()
+        threads = f', n_threads={self.n_threads}' if self.kind == 'cpu' else ''
+        return f'Backend({self.name!r}{threads}: {state})'

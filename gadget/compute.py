@@ -1,0 +1,337 @@
+"""GgmlCompute: declared tensors in a backend buffer, a graph built from a model function, compute.
+
+Memory: the declared tensors (weights and inputs) live in one backend buffer, allocated once (or,
+for weights read from a GGUF file on a host backend, mapped from the file without a copy). Graph
+nodes live in a separate no-alloc context, and their activations are placed by GGML's graph
+allocator, whose buffer is reserved for the first graph and reused by every rebuilt graph that
+fits it: rebuilding a graph of the same shape does not grow memory.
+
+Intermediate nodes share memory (the allocator reuses a node's memory once its consumers are
+done), so only the output and the nodes asked for with ``keep=`` / :meth:`get_named_node` are
+preserved after :meth:`compute`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .arrays import FRAMEWORKS, get_tensor_data, set_tensor_data
+from .backends import Backend
+from .errors import GadgetError
+from .ggml import describe_tensor, ffi, lib
+from . import ggml as G
+from .types import TypeLike, as_ggml_type
+
+__all__ = ['GgmlCompute', 'TensorDict', 'DEFAULT_GRAPH_SIZE']
+
+DEFAULT_GRAPH_SIZE = 8192
+
+ModelFn = Callable[[Any, Mapping[str, Any], 'TensorDict'], Any]
+
+
+class TensorDict(dict):
+    """``name -> ggml_tensor *``; ``tensors['a', 'b']`` returns a tuple. Missing names list the others."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            return tuple(self[k] for k in key)
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            raise KeyError(f'no tensor {key!r}; declared tensors: {", ".join(self) or "(none)"}') from None
+
+
+def _new_context(n_tensors: int, extra: int = 0) -> Any:
+    size = n_tensors * lib.ggml_tensor_overhead() + extra + (1 << 16)
+    params = ffi.new('struct ggml_init_params *', dict(mem_size=size, mem_buffer=ffi.NULL, no_alloc=True))
+    ctx = lib.ggml_init(params[0])
+    if ctx == ffi.NULL:
+        raise MemoryError(f'ggml_init could not allocate {size} bytes')
+    return ctx
+
+
+class _Handles:
+    """The C handles of one GgmlCompute; freed once, in dependency order, by close or finaliser."""
+
+    def __init__(self) -> None:
+        self.gallocr = None
+        self.ctx_graph = None
+        self.buffers: list[Any] = []
+        self.ctx_tensors = None
+
+    def free_graph(self) -> None:
+        if self.ctx_graph is not None:
+            lib.ggml_free(self.ctx_graph)
+            self.ctx_graph = None
+
+    def free(self) -> None:
+        self.free_graph()
+        if self.gallocr is not None:
+            lib.ggml_gallocr_free(self.gallocr)
+            self.gallocr = None
+        for buf in self.buffers:
+            lib.ggml_backend_buffer_free(buf)
+        self.buffers = []
+        if self.ctx_tensors is not None:
+            lib.ggml_free(self.ctx_tensors)
+            self.ctx_tensors = None
+
+
+class GgmlCompute:
+    """Tensors, a graph and a backend to compute it on.
+
+    Arguments:
+        params: ``name -> value`` hyper-parameters, handed to the model function.
+        tensors: ``name -> (type, shape)`` with shapes in ggml order (``ne[0]`` first), e.g.
+            ``{'weight': ('F32', (256, 32))}`` for a numpy ``(32, 256)`` array.
+        model: ``model(ctx, params, tensors) -> output tensor`` (or a tuple of them), building the
+            graph with ``gadget.ggml`` ops in ``ctx``. May be given later to :meth:`create_graph`.
+        backend: ``'cpu'`` (default), ``'cuda'`` or ``'cuda:N'``, or a :class:`Backend`.
+        framework: ``'numpy'`` or ``'torch'``: what outputs are returned as.
+        n_threads: CPU threads (default: the cores available to this process).
+        graph_size: maximum number of nodes in the graph.
+        keep: names of intermediate nodes to preserve for :meth:`get_named_node`.
+    """
+
+    def __init__(self, params: Mapping[str, Any], tensors: Mapping[str, tuple[TypeLike, Sequence[int]]],
+                 model: ModelFn | None = None, backend: str | Backend = 'cpu', framework: str = 'numpy',
+                 n_threads: int | None = None, graph_size: int = DEFAULT_GRAPH_SIZE,
+                 keep: Iterable[str] = (), mapped: Mapping[str, Any] | None = None):
+        if framework not in FRAMEWORKS:
+            raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}')
+        self.params = dict(params)
+        self.framework = framework
+        self.graph_size = graph_size
+        self.keep = set(keep)
+        self._handles = _Handles()
+        self._finalizer = weakref.finalize(self, self._handles.free)
+        self._owns_backend = not isinstance(backend, Backend)
+        self.backend = Backend(backend, n_threads) if self._owns_backend else backend
+        if not self._owns_backend and n_threads is not None:
+            self.backend.set_n_threads(n_threads)
+        self.tensors = TensorDict()
+        self._ndim: dict[str, int] = {}
+        self.graph = None
+        self.outputs: tuple[Any, ...] = ()
+        self.model = model
+        try:
+            self._create_tensors(tensors, mapped or {})
+            if model is not None:
+                self.create_graph(model)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- tensors ------------------------------------------------------------------------------
+
+    def _create_tensors(self, specs: Mapping[str, tuple[TypeLike, Sequence[int]]],
+                        mapped: Mapping[str, Any]) -> None:
+        h = self._handles
+        h.ctx_tensors = _new_context(len(specs))
+        for name, spec in specs.items():
+            try:
+                ttype, shape = spec
+            except (TypeError, ValueError):
+                raise ValueError(f'tensor {name!r}: expected (type, shape), got {spec!r}') from None
+            ttype = as_ggml_type(ttype)
+            shape = tuple(int(d) for d in shape)
+            if not 1 <= len(shape) <= lib.GGML_MAX_DIMS or any(d < 0 for d in shape):
+                raise ValueError(f'tensor {name!r}: shape {list(shape)} (ggml order) must have 1 to '
+                                 f'{lib.GGML_MAX_DIMS} non-negative dimensions')
+            t = G.ggml_new_tensor(h.ctx_tensors, ttype, len(shape), ffi.new('int64_t[]', shape), name=name)
+            self.tensors[name] = t
+            self._ndim[name] = len(shape)
+        # Tensors mapped from a file on a host backend point into the mapping: no copy at all.
+        for name, source in mapped.items():
+            buffer = lib.ggml_backend_cpu_buffer_from_ptr(source.base, source.size)
+            if buffer == ffi.NULL:
+                raise GadgetError(f'could not wrap the mapped file for tensor {name!r}')
+            h.buffers.append(buffer)
+            for tname, address in source.tensors.items():
+                t = self.tensors[tname]
+                status = lib.ggml_backend_tensor_alloc(buffer, t, address)
+                if status != lib.GGML_STATUS_SUCCESS:
+                    raise GadgetError(f'could not place tensor {tname!r} in the mapped file ({status})')
+        if any(t.data == ffi.NULL for t in self.tensors.values()):
+            buffer = lib.ggml_backend_alloc_ctx_tensors(h.ctx_tensors, self.backend.handle)
+            if buffer == ffi.NULL:
+                raise MemoryError(f'could not allocate the tensors on backend {self.backend.name!r}')
+            lib.ggml_backend_buffer_clear(buffer, 0)
+            lib.ggml_backend_buffer_set_usage(buffer, lib.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            h.buffers.append(buffer)
+
+    def _tensor(self, name: str) -> Any:
+        return self.tensors[name]
+
+    def set_input(self, name: str, array: Any, offset: int | None = None) -> None:
+        """Copy ``array`` (numpy order, numpy array or torch tensor) into tensor ``name``.
+
+        ``offset`` writes from that index of the outermost ggml dimension (numpy's first axis), as
+        in the original gadget; float32 data go into F16/BF16/quantized tensors converted.
+        """
+        set_tensor_data(self._tensor(name), array, label=f'tensor {name!r}', ndim=self._ndim[name],
+                        offset=offset)
+
+    def get_input(self, name: str) -> Any:
+        """Tensor ``name`` as an array in numpy order (quantized tensors dequantized to float32)."""
+        return get_tensor_data(self._tensor(name), self.framework, ndim=self._ndim[name],
+                               label=f'tensor {name!r}')
+
+    # --- graph --------------------------------------------------------------------------------
+
+    @property
+    def ctx_graph(self) -> Any:
+        """The graph context of the graph being built (valid inside the model function)."""
+        return self._handles.ctx_graph
+
+    def create_graph(self, model: ModelFn | None = None) -> None:
+        """Build the graph from ``model`` (default: the one given before) and allocate its memory."""
+        if model is not None:
+            self.model = model
+        if self.model is None and type(self)._build is GgmlCompute._build:
+            raise ValueError('no model function: pass model= to GgmlCompute or to create_graph')
+        self.destroy_graph()
+        h = self._handles
+        h.ctx_graph = _new_context(self.graph_size, lib.ggml_graph_overhead_custom(self.graph_size, False))
+        result = self._build(h.ctx_graph)
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for out in outputs:
+            if not isinstance(out, ffi.CData) or ffi.typeof(out) is not ffi.typeof('struct ggml_tensor *') \
+                    or out == ffi.NULL:
+                raise TypeError(f'the model function must return a ggml tensor (or a tuple of them), '
+                                f'got {out!r}')
+        self.outputs = tuple(outputs)
+        self.graph = G.ggml_new_graph_custom(h.ctx_graph, self.graph_size, False)
+        for out in self.outputs:
+            lib.ggml_set_output(out)
+            G.ggml_build_forward_expand(self.graph, out)
+        for name in self.keep:
+            node = lib.ggml_graph_get_tensor(self.graph, name.encode())
+            if node == ffi.NULL:
+                raise KeyError(f'keep: no node named {name!r} in the graph; named nodes: '
+                               f'{", ".join(self.named_nodes()) or "(none)"}')
+            lib.ggml_set_output(node)
+        if h.gallocr is None:
+            h.gallocr = lib.ggml_gallocr_new(self.backend.buffer_type)
+        # Plan anew for every new graph: the allocator would otherwise reuse the previous plan for a
+        # graph of the same size, even where the set of kept (output) nodes has changed. The buffer
+        # only grows when the new plan needs more than it has.
+        if not G.ggml_gallocr_reserve(h.gallocr, self.graph) or \
+                not G.ggml_gallocr_alloc_graph(h.gallocr, self.graph):
+            raise MemoryError(f'could not allocate the graph on backend {self.backend.name!r}')
+
+    def _build(self, ctx: Any) -> Any:
+        return self.model(ctx, self.params, self.tensors)
+
+    def destroy_graph(self) -> None:
+        """Free the graph (its nodes); the tensors and the allocator's buffer stay."""
+        self._handles.free_graph()
+        self.graph = None
+        self.outputs = ()
+
+    def _require_graph(self) -> Any:
+        if self.graph is None:
+            raise RuntimeError('no graph: call create_graph(model) first')
+        return self.graph
+
+    def n_nodes(self) -> int:
+        return lib.ggml_graph_n_nodes(self._require_graph())
+
+    def named_nodes(self) -> list[str]:
+        graph = self._require_graph()
+        names = []
+        for i in range(lib.ggml_graph_n_nodes(graph)):
+            name = ffi.string(lib.ggml_graph_node(graph, i).name).decode()
+            if name:
+                names.append(name)
+        return names
+
+    def compute(self) -> Any:
+        """Compute the graph; return the output (or a tuple of outputs) in numpy order."""
+        graph = self._require_graph()
+        status = lib.ggml_backend_graph_compute(self.backend.handle, graph)
+        if status != lib.GGML_STATUS_SUCCESS:
+            raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
+        results = tuple(get_tensor_data(out, self.framework) for out in self.outputs)
+        return results[0] if len(results) == 1 else results
+
+    def __call__(self, **values: Any) -> Any:
+        """Set inputs by name, compute, return the output(s)."""
+        for name, value in values.items():
+            self.set_input(name, value)
+        return self.compute()
+
+    def get_node(self, index: int) -> Any:
+        """Graph node ``index`` (negative counts from the end) as an array, after compute."""
+        graph = self._require_graph()
+        n = lib.ggml_graph_n_nodes(graph)
+        if not -n <= index < n:
+            raise IndexError(f'node index {index} out of range for a graph of {n} nodes')
+        node = lib.ggml_graph_node(graph, index)
+        if index not in (-1, n - 1) and not node.flags & lib.GGML_TENSOR_FLAG_OUTPUT:
+            raise ValueError(f'node {index} ({ffi.string(node.name).decode() or "unnamed"}) is an '
+                             'intermediate whose memory is reused; name it and use get_named_node')
+        return get_tensor_data(node, self.framework)
+
+    def get_named_node(self, name: str) -> Any:
+        """The node named ``name`` as an array. An intermediate node not kept yet is marked to be
+        kept, and the graph is rebuilt and recomputed once (the inputs are still set)."""
+        graph = self._require_graph()
+        node = lib.ggml_graph_get_tensor(graph, name.encode())
+        if node == ffi.NULL:
+            raise KeyError(f'no node named {name!r}; named nodes: {", ".join(self.named_nodes()) or "(none)"}')
+        if not node.flags & lib.GGML_TENSOR_FLAG_OUTPUT:
+            self.keep.add(name)
+            self.create_graph()
+            self.compute()
+            node = lib.ggml_graph_get_tensor(self.graph, name.encode())
+        return get_tensor_data(node, self.framework)
+
+    # --- settings, lifetime, display ------------------------------------------------------------
+
+    @property
+    def n_threads(self) -> int:
+        return self.backend.n_threads
+
+    @n_threads.setter
+    def n_threads(self, value: int) -> None:
+        self.backend.set_n_threads(value)
+
+    def graph_memory(self) -> int:
+        """Bytes of the graph allocator's buffer (activations)."""
+        h = self._handles
+        return lib.ggml_gallocr_get_buffer_size(h.gallocr, 0) if h.gallocr is not None else 0
+
+    def close(self) -> None:
+        """Free the graph, the buffers, the contexts and (if created here) the backend. Idempotent."""
+        self.graph = None
+        self.outputs = ()
+        self.tensors = TensorDict()
+        self._finalizer()
+        if self._owns_backend and getattr(self, 'backend', None) is not None:
+            self.backend.close()
+
+    def __enter__(self) -> 'GgmlCompute':
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        lines = [f'{type(self).__name__}(backend={self.backend.name!r}, framework={self.framework!r})']
+        lines.append('  tensors (ggml order):')
+        for name, t in self.tensors.items():
+            lines.append(f'    {name}: {describe_tensor(t)}')
+        if self.graph is not None:
+            n = lib.ggml_graph_n_nodes(self.graph)
+            lines.append(f'  graph: {n} nodes')
+            shown = list(range(min(n, 8))) + ([*range(max(8, n - 4), n)] if n > 8 else [])
+            for i in shown:
+                if i == 8 and n > 12:
+                    lines.append('    ...')
+                node = lib.ggml_graph_node(self.graph, i)
+                op = ffi.string(lib.ggml_op_desc(node)).decode()
+                name = ffi.string(node.name).decode() or '-'
+                lines.append(f'    {i}: {name} = {op} {describe_tensor(node)}')
+        return '\n'.join(lines)

@@ -1,0 +1,379 @@
+"""GgmlModel: models declared with class-level ``Parameter``, ``Tensor`` and ``State`` hints.
+
+::
+
+    class LinearModel(GgmlModel):
+        weight: Tensor('F32', ('input_dim', 'output_dim'))
+        inputs: Tensor('F32', ('input_dim', 'batch_size'))
+
+        def forward(self):
+            ctx = self.ctx_graph
+            w, x = self.tensors['weight', 'inputs']
+            return ggml_mul_mat(ctx, w, x)
+
+    model = LinearModel.from_values(dict(weight=weight_np), input_dim=256, output_dim=32, batch_size=16)
+    output_np = model(inputs=inputs_np)    # == inputs_np @ weight_np.T
+
+* ``Parameter(default)``: a hyper-parameter. ``default`` is a value, a GGUF key (a string, read
+  from the file by :meth:`GgmlModel.from_gguf`; ``{arch}`` expands to ``general.architecture``),
+  or a callable computing it from the other parameters (``lambda p: p['dim'] // p['n_head']``).
+  Dimension names used in ``Tensor`` shapes without a declaration are parameters too.
+* ``Tensor(type, shape)``: a tensor in the model's buffer; the shape is in ggml order, each
+  dimension an int, a parameter name or a GGUF key. Weights are loaded by name from GGUF files.
+* ``State(default)``: a value the graph depends on (e.g. a batch size or a mode). Changing it
+  (``model.state['x'] = v`` or ``model.x = v``) rebuilds the graph before the next call, and only then.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, MutableMapping
+
+import numpy as np
+
+from .compute import GgmlCompute
+from .gguf import GgufFile
+from .types import TypeLike, as_ggml_type
+
+__all__ = ['GgmlModel', 'Parameter', 'Tensor', 'State']
+
+_REQUIRED = object()
+
+
+class Parameter:
+    """A hyper-parameter: a default value, a GGUF key (str), or a callable of the other parameters."""
+
+    def __init__(self, default: Any = _REQUIRED):
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f'Parameter({"required" if self.default is _REQUIRED else repr(self.default)})'
+
+
+class Tensor:
+    """A tensor declaration: GGML type and shape (ggml order; ints, parameter names or GGUF keys)."""
+
+    def __init__(self, type: TypeLike, shape: tuple[int | str, ...] | list[int | str]):
+        self.type = as_ggml_type(type)
+        self.shape = tuple(shape)
+
+    def __repr__(self) -> str:
+        return f'Tensor({self.type.name}, {self.shape})'
+
+
+class State:
+    """A value the graph is built from; changing it rebuilds the graph before the next call."""
+
+    def __init__(self, default: Any = None):
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f'State({self.default!r})'
+
+
+@dataclass
+class _Declarations:
+    params: dict[str, Parameter]
+    tensors: dict[str, Tensor]
+    states: dict[str, State]
+
+
+def _declarations(cls: type) -> _Declarations:
+    params: dict[str, Parameter] = {}
+    tensors: dict[str, Tensor] = {}
+    states: dict[str, State] = {}
+    for klass in reversed(cls.__mro__):
+        annotations = klass.__dict__.get('__annotations__', {})
+        module = sys.modules.get(klass.__module__)
+        for name, hint in annotations.items():
+            if isinstance(hint, str):  # `from __future__ import annotations` in the model's module
+                try:
+                    hint = eval(hint, vars(module) if module else {}, dict(vars(klass)))
+                except Exception:
+                    continue
+            for table, kind in ((params, Parameter), (tensors, Tensor), (states, State)):
+                if isinstance(hint, kind):
+                    for other in (params, tensors, states):
+                        other.pop(name, None)
+                    table[name] = hint
+    return _Declarations(params, tensors, states)
+
+
+class _StateDict(MutableMapping[str, Any]):
+    """The model's states; assigning a changed value marks the graph for rebuilding."""
+
+    def __init__(self, model: 'GgmlModel', values: dict[str, Any]):
+        self._model, self._values = model, values
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise KeyError(f'no state {name!r}; states: {", ".join(self._values) or "(none)"}') from None
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if name not in self._values:
+            raise KeyError(f'no state {name!r}; states: {", ".join(self._values) or "(none)"}')
+        old = self._values[name]
+        changed = old is not value and not _same(old, value)
+        self._values[name] = value
+        if changed:
+            self._model._dirty = True
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError('states are declared on the class and cannot be removed')
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return repr(self._values)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        result = a == b
+        return bool(result) if not isinstance(result, np.ndarray) else bool(result.all())
+    except Exception:
+        return False
+
+
+class GgmlModel(GgmlCompute):
+    """Base class of declarative models. Subclasses declare hints and implement :meth:`forward`.
+
+    Inside ``forward``: ``self.ctx_graph`` (the graph context), ``self.tensors`` (declared tensors;
+    ``self.tensors['a', 'b']`` gives a tuple), ``self.params`` and ``self.state``.
+    """
+
+    _decl: _Declarations
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._decl = _declarations(cls)
+
+    def __init__(self, params: Mapping[str, Any], states: Mapping[str, Any] | None = None,
+                 gguf: GgufFile | None = None, backend: Any = 'cpu', framework: str = 'numpy',
+                 n_threads: int | None = None, **compute_kwargs: Any):
+        decl = type(self)._decl
+        object.__setattr__(self, '_dirty', False)
+        resolved = dict(params)
+        specs = {name: (t.type, tuple(_dimension(self, name, d, resolved, gguf) for d in t.shape))
+                 for name, t in decl.tensors.items()}
+        state_values = {name: s.default for name, s in decl.states.items()}
+        for name, value in (states or {}).items():
+            if name not in state_values:
+                raise KeyError(f'no state {name!r}; states: {", ".join(state_values) or "(none)"}')
+            state_values[name] = value
+        self.state = _StateDict(self, state_values)
+        self.gguf = gguf
+        super().__init__(resolved, specs, model=None, backend=backend, framework=framework,
+                         n_threads=n_threads, **compute_kwargs)
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def _split_kwargs(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        decl = cls._decl
+        states = {k: kwargs.pop(k) for k in list(kwargs) if k in decl.states}
+        compute = {k: kwargs.pop(k) for k in list(kwargs)
+                   if k in ('backend', 'framework', 'n_threads', 'graph_size', 'keep')}
+        return kwargs, states, compute
+
+    @classmethod
+    def _resolve_params(cls, given: dict[str, Any], gguf: GgufFile | None) -> dict[str, Any]:
+        decl = cls._decl
+        dims = {d for t in decl.tensors.values() for d in t.shape if isinstance(d, str)}
+        unknown = set(given) - set(decl.params) - dims
+        if unknown:
+            raise TypeError(f'{cls.__name__}: unknown arguments {sorted(unknown)}; parameters: '
+                            f'{", ".join(sorted(set(decl.params) | dims)) or "(none)"}, states: '
+                            f'{", ".join(decl.states) or "(none)"}')
+        params = dict(given)
+        pending = {n: p for n, p in decl.params.items() if n not in params}
+        # Values and GGUF keys first, then callables (which may use them), in declaration order.
+        for name, p in list(pending.items()):
+            if p.default is _REQUIRED:
+                raise TypeError(f'{cls.__name__}: parameter {name!r} is required; pass {name}=...')
+            if isinstance(p.default, str):
+                params[name] = _gguf_value(cls.__name__, name, p.default, gguf)
+                del pending[name]
+            elif not callable(p.default):
+                params[name] = p.default
+                del pending[name]
+        for name, p in pending.items():
+            try:
+                params[name] = p.default(params)
+            except KeyError as exc:
+                raise TypeError(f'{cls.__name__}: parameter {name!r} needs {exc} to be computed; '
+                                f'known: {", ".join(params)}') from None
+        return params
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any] | None = None, **kwargs: Any) -> 'GgmlModel':
+        """A model with tensors set from ``values`` (name → array, numpy order).
+
+        Keyword arguments: parameters (and dimension names), states, and ``backend``, ``framework``,
+        ``n_threads``, ``graph_size``, ``keep``.
+        """
+        given, states, compute = cls._split_kwargs(dict(kwargs))
+        params = cls._resolve_params(given, None)
+        values = dict(values or {})
+        unknown = set(values) - set(cls._decl.tensors)
+        if unknown:
+            raise KeyError(f'{cls.__name__}: no tensors {sorted(unknown)}; declared tensors: '
+                           f'{", ".join(cls._decl.tensors) or "(none)"}')
+        model = cls(params, states, **compute)
+        try:
+            for name, array in values.items():
+                model.set_input(name, array)
+            model.rebuild_graph()
+        except BaseException:
+            model.close()
+            raise
+        return model
+
+    @classmethod
+    def from_gguf(cls, gguf: GgufFile, **kwargs: Any) -> 'GgmlModel':
+        """A model whose parameters and weights come from an open :class:`GgufFile`.
+
+        Tensors found in the file by name are loaded: without a copy on a host backend (mapped from
+        the file) when their type and shape match the declaration, else copied once. The file must
+        stay open as long as the model lives (the model keeps a reference to it).
+        """
+        given, states, compute = cls._split_kwargs(dict(kwargs))
+        params = cls._resolve_params(given, gguf)
+        model = cls.__new__(cls)
+        mapped = _mappable(cls, gguf, params, compute)
+        try:
+            cls.__init__(model, params, states, gguf=gguf, mapped=mapped, **compute)
+            for name in cls._decl.tensors:
+                if name in gguf.tensors and name not in mapped.get('file', _Mapped()).tensors:
+                    model.set_input(name, gguf.get_tensor(name))
+            model.rebuild_graph()
+        except BaseException:
+            model.close()
+            raise
+        return model
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs: Any) -> 'GgmlModel':
+        """:meth:`from_gguf` on the file at ``path`` (opened memory-mapped; closed with the model)."""
+        gguf = GgufFile.from_path(path)
+        try:
+            model = cls.from_gguf(gguf, **kwargs)
+        except BaseException:
+            gguf.close()
+            raise
+        model._owns_gguf = True
+        return model
+
+    # --- graph --------------------------------------------------------------------------------
+
+    def forward(self) -> Any:
+        """Build the graph in ``self.ctx_graph``; return the output tensor(s)."""
+        raise NotImplementedError(f'{type(self).__name__} must implement forward()')
+
+    def _build(self, ctx: Any) -> Any:
+        return self.forward()
+
+    def rebuild_graph(self) -> None:
+        """Build (or rebuild) the graph from ``forward`` with the current states."""
+        self.create_graph()
+        object.__setattr__(self, '_dirty', False)
+
+    def __call__(self, **values: Any) -> Any:
+        if self._dirty or self.graph is None:
+            self.rebuild_graph()
+        return super().__call__(**values)
+
+    def compute(self) -> Any:
+        if self._dirty or self.graph is None:
+            self.rebuild_graph()
+        return super().compute()
+
+    # --- state as attributes --------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__.get('state')
+        if state is not None and name in state:
+            return state[name]
+        raise AttributeError(f'{type(self).__name__!s} has no attribute {name!r}')
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        state = self.__dict__.get('state')
+        if state is not None and name in state:
+            state[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def close(self) -> None:
+        super().close()
+        if self.__dict__.get('_owns_gguf') and self.gguf is not None:
+            self.gguf.close()
+
+
+@dataclass
+class _Mapped:
+    """A host mapping of a GGUF file: base pointer, size and the address of each tensor in it."""
+    base: Any = None
+    size: int = 0
+    tensors: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tensors is None:
+            self.tensors = {}
+
+
+def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any], compute: dict[str, Any]) -> dict[str, _Mapped]:
+    """Tensors that can point into the file's mapping (host backend, same type and shape, aligned)."""
+    backend = compute.get('backend', 'cpu')
+    if (getattr(backend, 'kind', backend) or 'cpu') != 'cpu' or gguf._map is None:
+        return {}
+    from .ggml import ffi
+    base = ffi.from_buffer(gguf._map)
+    mapped = _Mapped(base=base, size=len(gguf._map))
+    for name, t in cls._decl.tensors.items():
+        record = gguf.tensors.get(name)
+        if record is None:
+            continue
+        shape = tuple(_dimension(None, name, d, params, gguf) for d in t.shape)
+        start = gguf._data_offset + record.offset
+        if record.type == t.type and tuple(record.shape) == shape and start % 32 == 0:
+            mapped.tensors[name] = base + start
+    return {'file': mapped} if mapped.tensors else {}
+
+
+def _gguf_value(model: str, name: str, key: str, gguf: GgufFile | None) -> Any:
+    if gguf is None:
+        raise TypeError(f'{model}: parameter {name!r} comes from GGUF key {key!r}: pass {name}=... '
+                        'or load the model with from_gguf / from_path')
+    if '{arch}' in key:
+        key = key.replace('{arch}', str(gguf.get_field('general.architecture', '')))
+    if key not in gguf.fields:
+        raise KeyError(f'{model}: parameter {name!r} needs GGUF field {key!r}, which the file lacks; '
+                       f'pass {name}=... (fields: {", ".join(gguf.fields)})')
+    value = gguf.get_field(key)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _dimension(model: Any, tensor: str, dim: int | str, params: dict[str, Any], gguf: GgufFile | None) -> int:
+    if isinstance(dim, (int, np.integer)):
+        return int(dim)
+    if dim in params:
+        value = params[dim]
+    elif gguf is not None and dim in gguf.fields:
+        value = gguf.get_field(dim)
+    else:
+        owner = type(model).__name__ if model is not None else 'model'
+        raise TypeError(f'{owner}: tensor {tensor!r} has dimension {dim!r}, which is neither a parameter '
+                        f'nor a GGUF field; pass {dim}=... (parameters: {", ".join(params) or "(none)"})')
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise TypeError(f'tensor {tensor!r}: dimension {dim!r} = {value!r} is not an integer') from None
+
