@@ -80,7 +80,7 @@ class _Declarations:
     states: dict[str, State]
 
 
-def _declarations(cls: type) -> _Declarations:
+def _declarations(cls: type, namespace: Mapping[str, Any]) -> _Declarations:
     params: dict[str, Parameter] = {}
     tensors: dict[str, Tensor] = {}
     states: dict[str, State] = {}
@@ -89,10 +89,16 @@ def _declarations(cls: type) -> _Declarations:
         module = sys.modules.get(klass.__module__)
         for name, hint in annotations.items():
             if isinstance(hint, str):  # `from __future__ import annotations` in the model's module
+                scope = dict(namespace)
+                if module is not None and klass is not cls:
+                    scope = dict(vars(module))
                 try:
-                    hint = eval(hint, vars(module) if module else {}, dict(vars(klass)))
-                except Exception:
-                    continue
+                    hint = eval(hint, scope, dict(vars(klass)))
+                except Exception as exc:
+                    if any(hint.lstrip().startswith(k) for k in ('Parameter(', 'Tensor(', 'State(')):
+                        raise TypeError(f'{cls.__name__}.{name}: cannot evaluate the declaration '
+                                        f'{hint!r}: {exc}') from None
+                    continue  # an ordinary annotation, not a gadget declaration
             for table, kind in ((params, Parameter), (tensors, Tensor), (states, State)):
                 if isinstance(hint, kind):
                     for other in (params, tensors, states):
@@ -154,7 +160,10 @@ class GgmlModel(GgmlCompute):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._decl = _declarations(cls)
+        # String annotations (postponed evaluation) are evaluated where the class is defined: the
+        # caller's frame (type.__new__ and __build_class__ are C and leave no Python frame).
+        frame = sys._getframe(1)
+        cls._decl = _declarations(cls, {**frame.f_globals, **frame.f_locals})
 
     def __init__(self, params: Mapping[str, Any], states: Mapping[str, Any] | None = None,
                  gguf: GgufFile | None = None, backend: Any = 'cpu', framework: str = 'numpy',
