@@ -5,7 +5,7 @@ Layers, bottom-up (each imports only from the ones below it): the generated bind
 ``gadget.backends`` → ``gadget.arrays`` and ``gadget.gguf`` → ``gadget.compute`` →
 ``gadget.model`` → model architectures → front ends.
 
-The public names below are imported on first use, so ``import gadget`` stays cheap.
+The model-layer names are imported on first use, so ``import gadget`` stays cheap.
 """
 
 from __future__ import annotations
@@ -15,14 +15,19 @@ from typing import Any
 
 from .errors import BackendError, GadgetError, GgmlError, GgmlOpError, GgufError
 
+# Imported eagerly: the function ``gadget.backends()`` shares its name with the module
+# ``gadget.backends``, and importing the module later would otherwise shadow the function.
+from .backends import Backend, backends  # noqa: E402
+
 __version__ = '0.1.0'
 
 _LAZY = {
     'GgmlCompute': 'compute', 'GgmlModel': 'model', 'Parameter': 'model', 'Tensor': 'model',
-    'State': 'model', 'GgufFile': 'gguf', 'backends': 'backends', 'Backend': 'backends',
+    'State': 'model', 'GgufFile': 'gguf',
 }
 
-__all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError', *_LAZY]
+__all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError',
+           'Backend', 'backends', *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

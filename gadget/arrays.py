@@ -150,6 +150,78 @@ def _convert(array: np.ndarray, t: int, label: str) -> np.ndarray:
                     f'convert it first, e.g. array.astype(np.{target})')
 
 
+def _is_device_torch(array: Any) -> bool:
+    return type(array).__module__.startswith('torch') and array.device.type == 'cuda'
+
+
+def _buffer_is_host(tensor: Any) -> bool:
+    buf = _buffer(tensor)
+    return buf == ffi.NULL or bool(lib.ggml_backend_buffer_is_host(buf))
+
+
+def _cudart() -> Any:
+    """The CUDA runtime GGML's CUDA backend already loaded (for device-to-device copies)."""
+    import ctypes
+    import ctypes.util
+    for name in ('libcudart.so.13', 'libcudart.so.12', ctypes.util.find_library('cudart') or ''):
+        if name:
+            try:
+                return ctypes.CDLL(name)
+            except OSError:
+                continue
+    raise RuntimeError('the CUDA runtime (libcudart) could not be loaded')
+
+
+def _device_copy(dst: int, src: int, nbytes: int) -> None:
+    import ctypes
+    cudart = _cudart()
+    cuda_memcpy_device_to_device = 3
+    err = cudart.cudaMemcpy(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes),
+                            cuda_memcpy_device_to_device)
+    if err != 0:
+        raise RuntimeError(f'cudaMemcpy device-to-device failed with CUDA error {err}')
+
+
+_TORCH_TYPES = {'F32': 'float32', 'F16': 'float16', 'BF16': 'bfloat16', 'F64': 'float64',
+                'I8': 'int8', 'I16': 'int16', 'I32': 'int32', 'I64': 'int64'}
+
+
+def _torch_dtype(t: int) -> Any:
+    import torch
+    from .ggml import GgmlType
+    name = _TORCH_TYPES.get(GgmlType(t).name)
+    return getattr(torch, name) if name else None
+
+
+def _set_from_device_torch(tensor: Any, array: Any, label: str, ndim: int | None, offset: int | None) -> bool:
+    """Copy a CUDA torch tensor into a GPU-backend tensor without a host round trip, if possible."""
+    import torch
+    target = _torch_dtype(tensor.type)
+    if target is None or _buffer_is_host(tensor):
+        return False   # quantized tensors are quantized on the host; host buffers take host data
+    src = array.detach()
+    if src.dtype != target:
+        if not (src.dtype == torch.float32 and target in (torch.float16, torch.bfloat16)):
+            raise TypeError(f'{label}: a {type_name(tensor.type)} tensor takes {target} data, got {src.dtype}')
+        src = src.to(target)
+    src = src.contiguous()
+    meta = np.empty(tuple(src.shape), dtype=np.uint8)   # shape check only, no data
+    _prepare_shape_only(tensor, meta, label, ndim, offset)
+    byte_offset = 0 if offset is None else offset * (tensor.nb[3] if ndim is None else tensor.nb[ndim - 1])
+    nbytes = src.numel() * src.element_size()
+    torch.cuda.synchronize(src.device)
+    _device_copy(int(ffi.cast('uintptr_t', tensor.data)) + byte_offset, src.data_ptr(), nbytes)
+    return True
+
+
+def _prepare_shape_only(tensor: Any, meta: np.ndarray, label: str, ndim: int | None, offset: int | None) -> None:
+    full = numpy_shape(tensor, ndim if ndim is not None else 4)
+    expected = full if offset is None else (meta.shape[0] if meta.ndim else 1,) + full[1:]
+    if _strip_ones(tuple(meta.shape)) != _strip_ones(expected):
+        raise ValueError(f'{label}: shape {tuple(meta.shape)} does not match the tensor\'s {expected} '
+                         '(numpy order)')
+
+
 def set_tensor_data(tensor: Any, array: Any, label: str = 'tensor', ndim: int | None = None,
                     offset: int | None = None) -> None:
     """Copy ``array`` (numpy order) into ``tensor``, converting as the module docstring says.
@@ -158,6 +230,10 @@ def set_tensor_data(tensor: Any, array: Any, label: str = 'tensor', ndim: int | 
     ``ndim`` is the tensor's declared number of dimensions (for the meaning of "outermost").
     """
     _check_allocated(tensor, label)
+    if _is_device_torch(array):
+        if _set_from_device_torch(tensor, array, label, ndim, offset):
+            return
+        array = array.cpu()
     data, byte_offset = _prepare(tensor, to_numpy_input(array), label, ndim, offset)
     if byte_offset + data.nbytes > lib.ggml_nbytes(tensor):
         raise ValueError(f'{label}: {data.nbytes} bytes at offset {byte_offset} exceed the tensor '
@@ -181,9 +257,19 @@ def _check_allocated(tensor: Any, label: str) -> None:
 
 
 def get_tensor_data(tensor: Any, framework: str = 'numpy', ndim: int | None = None,
-                    label: str = 'tensor') -> Any:
-    """Copy ``tensor`` out as a numpy array (or torch tensor) in numpy order; quantized → float32."""
+                    label: str = 'tensor', device: str | None = None) -> Any:
+    """Copy ``tensor`` out as a numpy array (or torch tensor) in numpy order; quantized → float32.
+
+    With ``framework='torch'`` and a tensor in GPU memory, the result is a torch tensor on that
+    GPU (``device``), copied device to device.
+    """
     _check_allocated(tensor, label)
+    if framework == 'torch' and device is not None and not _buffer_is_host(tensor) \
+            and lib.ggml_is_contiguous(tensor) and _torch_dtype(tensor.type) is not None:
+        import torch
+        out = torch.empty(numpy_shape(tensor, ndim), dtype=_torch_dtype(tensor.type), device=device)
+        _device_copy(out.data_ptr(), int(ffi.cast('uintptr_t', tensor.data)), lib.ggml_nbytes(tensor))
+        return out
     t = tensor.type
     shape = numpy_shape(tensor, ndim)
     if lib.ggml_is_contiguous(tensor):
@@ -209,8 +295,10 @@ def get_tensor_data(tensor: Any, framework: str = 'numpy', ndim: int | None = No
     if framework == 'torch':
         import torch
         if out.dtype.name == 'bfloat16':
-            return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(out)
+            result = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+            return result.to(device) if device is not None else result
+        result = torch.from_numpy(out)
+        return result.to(device) if device is not None else result
     return out
 
 

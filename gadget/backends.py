@@ -104,6 +104,7 @@ class Backend:
             raise BackendError(f'backend {name!r}: only {len(devs)} {kind} device(s) here '
                                f'({", ".join(backends())})')
         self.kind = kind
+        self.index = index
         self.name = kind if kind == 'cpu' else f'{kind}:{index}'
         self.device = devs[index]
         handle = lib.ggml_backend_dev_init(self.device, ffi.NULL)

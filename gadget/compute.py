@@ -176,7 +176,7 @@ class GgmlCompute:
     def get_input(self, name: str) -> Any:
         """Tensor ``name`` as an array in numpy order (quantized tensors dequantized to float32)."""
         return get_tensor_data(self._tensor(name), self.framework, ndim=self._ndim[name],
-                               label=f'tensor {name!r}')
+                               label=f'tensor {name!r}', device=self._torch_device)
 
     # --- graph --------------------------------------------------------------------------------
 
@@ -253,7 +253,8 @@ class GgmlCompute:
         status = lib.ggml_backend_graph_compute(self.backend.handle, graph)
         if status != lib.GGML_STATUS_SUCCESS:
             raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
-        results = tuple(get_tensor_data(out, self.framework) for out in self.outputs)
+        results = tuple(get_tensor_data(out, self.framework, device=self._torch_device)
+                        for out in self.outputs)
         return results[0] if len(results) == 1 else results
 
     def __call__(self, **values: Any) -> Any:
@@ -272,7 +273,7 @@ class GgmlCompute:
         if index not in (-1, n - 1) and not node.flags & lib.GGML_TENSOR_FLAG_OUTPUT:
             raise ValueError(f'node {index} ({ffi.string(node.name).decode() or "unnamed"}) is an '
                              'intermediate whose memory is reused; name it and use get_named_node')
-        return get_tensor_data(node, self.framework)
+        return get_tensor_data(node, self.framework, device=self._torch_device)
 
     def get_named_node(self, name: str) -> Any:
         """The node named ``name`` as an array. An intermediate node not kept yet is marked to be
@@ -286,9 +287,16 @@ class GgmlCompute:
             self.create_graph()
             self.compute()
             node = lib.ggml_graph_get_tensor(self.graph, name.encode())
-        return get_tensor_data(node, self.framework)
+        return get_tensor_data(node, self.framework, device=self._torch_device)
 
     # --- settings, lifetime, display ------------------------------------------------------------
+
+    @property
+    def _torch_device(self) -> str | None:
+        """Where torch outputs go: the GPU of a CUDA backend (device to device), else the CPU."""
+        if self.framework == 'torch' and self.backend.kind == 'cuda':
+            return f'cuda:{self.backend.index}'
+        return None
 
     @property
     def n_threads(self) -> int:
