@@ -63,6 +63,7 @@ _PRELUDE_LINES = len(_KNOWN_TYPES)
 
 _C_HELPERS = r'''
 #include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -84,8 +85,62 @@ static void gadget_on_abort(const char *message) {
     fflush(stderr);
 }
 
+/* A NULL or otherwise invalid argument can make GGML's graph-building code fault (SIGSEGV) or
+   divide by zero (SIGFPE) before any GGML_ASSERT. Inside a guarded call on this thread, that fault
+   is turned into the same error as a failed assertion; anywhere else it goes to the handler that
+   was installed before (Python's faulthandler, or the default action). The handler is installed
+   with SA_NODEFER, so jumping out of it leaves the signal unblocked. */
+static struct sigaction gadget_previous[3];
+static const int gadget_signals[3] = {SIGSEGV, SIGFPE, SIGBUS};
+
+static void gadget_copy_message(const char *text) {
+    size_t i = 0;  /* async-signal-safe copy */
+    for (; text[i] != '\0' && i + 1 < sizeof gadget_message; i++) {
+        gadget_message[i] = text[i];
+    }
+    gadget_message[i] = '\0';
+}
+
+static void gadget_on_fault(int sig, siginfo_t *info, void *context) {
+    jmp_buf *target = gadget_jmp;
+    if (target != NULL) {
+        gadget_copy_message(sig == SIGFPE
+            ? "gadget-fault: arithmetic fault (division by zero) inside GGML: an argument is zero or out of range"
+            : "gadget-fault: invalid memory access inside GGML: a tensor or pointer argument is NULL or invalid");
+        gadget_failed = 1;
+        longjmp(*target, 1);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (gadget_signals[i] != sig) {
+            continue;
+        }
+        struct sigaction *prev = &gadget_previous[i];
+        if ((prev->sa_flags & SA_SIGINFO) && prev->sa_sigaction != NULL) {
+            prev->sa_sigaction(sig, info, context);
+            return;
+        }
+        if (prev->sa_handler == SIG_IGN) {
+            return;
+        }
+        if (prev->sa_handler != SIG_DFL && prev->sa_handler != NULL) {
+            prev->sa_handler(sig);
+            return;
+        }
+        sigaction(sig, prev, NULL);   /* default action: restore it and let the fault recur */
+        return;
+    }
+}
+
 static void gadget_install_abort_guard(void) {
     ggml_set_abort_callback(gadget_on_abort);
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = gadget_on_fault;
+    action.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    for (int i = 0; i < 3; i++) {
+        sigaction(gadget_signals[i], &action, &gadget_previous[i]);
+    }
 }
 
 /* Returns and clears the calling thread's pending GGML failure message, or NULL if none. */
@@ -245,7 +300,17 @@ def _rename_params(params: list[c_ast.Node]) -> list[str]:
     return names
 
 
-def _guard_source(fn: Function) -> str:
+CHECKS_HEADER = Path(__file__).resolve().parent / 'gadget' / 'csrc' / 'gadget_checks.h'
+
+
+def checked_ops(header: Path = CHECKS_HEADER) -> set[str]:
+    """Ops with a hand-written pre-check ``gadget_check_<op>`` in ``gadget/csrc/gadget_checks.h``."""
+    text = header.read_text()
+    return set(re.findall(r'static int gadget_check_(\w+)\(', text)) | \
+        set(re.findall(r'^GADGET_\w+_CHECK\((\w+)\)', text, re.M))
+
+
+def _guard_source(fn: Function, checked: bool = False) -> str:
     decl = copy.deepcopy(fn.decl)
     decl.storage = ['static']
     decl.funcspec = []
@@ -255,15 +320,18 @@ def _guard_source(fn: Function) -> str:
     names = _rename_params(params)
     head = c_generator.CGenerator().visit(decl)
     call = f"{fn.name}({', '.join(names)})"
+    check = f"gadget_check_{fn.name}({', '.join(names)})" if checked else ''
     result_decl = _declare(fn.decl.type.type, 'result')
     if fn.returns == 'void':
         body = (f'    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
-                f'    if (setjmp(here)) {{ gadget_jmp = outer; return; }}\n'
+                + (f'    if (!{check}) return;\n' if check else '')
+                + f'    if (setjmp(here)) {{ gadget_jmp = outer; return; }}\n'
                 f'    gadget_jmp = &here;\n    {call};\n    gadget_jmp = outer;\n')
     else:
         body = (f'    {result_decl};\n'
                 f'    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
-                f'    if (setjmp(here)) {{ gadget_jmp = outer; memset(&result, 0, sizeof result); return result; }}\n'
+                + (f'    if (!{check}) {{ memset(&result, 0, sizeof result); return result; }}\n' if check else '')
+                + f'    if (setjmp(here)) {{ gadget_jmp = outer; memset(&result, 0, sizeof result); return result; }}\n'
                 f'    gadget_jmp = &here;\n    result = {call};\n    gadget_jmp = outer;\n    return result;\n')
     return f'{head}\n{{\n{body}}}\n'
 
@@ -339,10 +407,14 @@ def collect(text: str, exported: set[str], guarded_headers: set[str]) -> Binding
             cdef_parts.append(gen.visit(node) + ';')
     binding.cdef = '\n'.join(cdef_parts)
     guards = []
+    checks = checked_ops()
     for fn in binding.functions.values():
         if fn.header in guarded_headers and not fn.variadic and fn.name not in UNGUARDED:
-            guards.append(_guard_source(fn))
+            guards.append(_guard_source(fn, checked=fn.name in checks))
             binding.guarded.append(fn.name)
+    unknown = checks - set(binding.guarded)
+    if unknown:
+        raise RuntimeError(f'gadget_checks.h has checks for ops that are not guarded here: {sorted(unknown)}')
     binding.source = '\n'.join(guards)
     return binding
 
@@ -402,11 +474,11 @@ def make_ffibuilder(include_dir: Path, lib_dir: Path, cuda: bool | None = None) 
     ffi.cdef(''.join(f'static {_guard_decl(binding.functions[n])};\n' for n in binding.guarded))
     ffi.cdef(_CDEF_HELPERS)
     includes = ''.join(f'#include "{h}"\n' for h in headers)
-    source = (includes + _C_HELPERS + binding.source
+    source = (includes + _C_HELPERS + f'#include "{CHECKS_HEADER.name}"\n' + binding.source
               + f'\nstatic const char *gadget_api(void) {{\n    return {_c_string(api_table(binding))};\n}}\n')
     ffi.set_source(
         'gadget._ggml', source,
-        include_dirs=[str(include_dir)],
+        include_dirs=[str(include_dir), str(CHECKS_HEADER.parent)],
         library_dirs=[str(lib_dir)],
         libraries=library_names(lib_dir),
         # The GGML libraries ship in gadget/lib/ next to the extension module.

@@ -142,10 +142,11 @@ class _Cursor:
             if pos + 8 > end:
                 self.pos = pos
                 raise self.fail(f'truncated file inside the strings of {what}')
-            pos += 8 + unpack(buf, pos)[0]
-            if pos > end:
-                self.pos = pos
-                raise self.fail(f'{what}: a string runs past the end of the file', pos)
+            at, n = pos, unpack(buf, pos)[0]
+            pos += 8 + n
+            if pos > end:   # report where the string starts, not a position past the end
+                self.pos = at
+                raise self.fail(f'{what}: a string of {n} bytes runs past the end of the file', at)
         self.pos = pos
 
 
@@ -364,16 +365,21 @@ class GgufFile:
             gtype = GgmlType(ttype)
             if any(d >= 2**63 for d in shape):
                 raise cur.fail(f'tensor {name!r}: dimension out of range {list(shape)}', at)
-            n_elements = 1
-            for d in shape:
-                n_elements *= d
-            if n_elements >= 2**63:
-                raise cur.fail(f'tensor {name!r}: element count of shape {list(shape)} overflows '
-                               '64 bits', at)
             blck = block_size(gtype)
             if shape[0] % blck:
                 raise cur.fail(f'tensor {name!r}: row of {shape[0]} elements is not a multiple of the '
                                f'{type_name(gtype)} block size {blck}', at)
+            # Element and byte counts, zero dimensions skipped (numpy cannot even represent an empty
+            # array whose other dimensions multiply past 2**63), must fit in 63 bits.
+            n_elements = 1
+            for d in shape:
+                n_elements *= d or 1
+            extent = (shape[0] or blck) // blck * type_size(gtype)
+            for d in shape[1:]:
+                extent *= d or 1
+            if n_elements >= 2**63 or extent >= 2**63:
+                raise cur.fail(f'tensor {name!r}: shape {list(shape)} overflows 64 bits '
+                               f'({n_elements} elements, {extent} bytes)', at)
             nbytes = shape[0] // blck * type_size(gtype)
             for d in shape[1:]:
                 nbytes *= d

@@ -53,14 +53,39 @@ class Parameter:
 
 
 class Tensor:
-    """A tensor declaration: GGML type and shape (ggml order; ints, parameter names or GGUF keys)."""
+    """A tensor declaration.
 
-    def __init__(self, type: TypeLike, shape: tuple[int | str, ...] | list[int | str]):
-        self.type = as_ggml_type(type)
+    Arguments:
+        type: GGML type (``'F32'``, ``'Q4_0'``, ...), or None for "as stored": the type of the GGUF
+            tensor, or of the array given to ``from_values`` (F32 when neither exists).
+        shape: ggml order; each dimension an int, a parameter name or a GGUF key.
+        name: the tensor's name (default: the attribute name); with ``repeat``, a template with
+            ``{i}``, e.g. ``'blk.{i}.attn_q.weight'`` (GGUF names, so weights load by name).
+        repeat: a parameter name: one tensor per ``i in range(params[repeat])`` (layers).
+        optional: absent from the file (or from ``values``) is fine: the tensor is then not created,
+            and ``forward`` checks ``name in self.tensors``.
+    """
+
+    def __init__(self, type: TypeLike | None, shape: tuple[int | str, ...] | list[int | str],
+                 name: str | None = None, repeat: str | None = None, optional: bool = False):
+        self.type = as_ggml_type(type) if type is not None else None
         self.shape = tuple(shape)
+        self.name = name
+        self.repeat = repeat
+        self.optional = optional
+
+    def names(self, attribute: str, params: Mapping[str, Any]) -> list[str]:
+        """The concrete tensor names this declaration stands for."""
+        template = self.name or attribute
+        if self.repeat is None:
+            return [template]
+        if self.repeat not in params:
+            raise TypeError(f'tensor {attribute!r} repeats over {self.repeat!r}, which is not a parameter')
+        return [template.format(i=i) for i in range(int(params[self.repeat]))]
 
     def __repr__(self) -> str:
-        return f'Tensor({self.type.name}, {self.shape})'
+        kind = self.type.name if self.type is not None else 'as stored'
+        return f'Tensor({kind}, {self.shape}{f", name={self.name!r}" if self.name else ""})'
 
 
 class State:
@@ -171,8 +196,7 @@ class GgmlModel(GgmlCompute):
         decl = type(self)._decl
         object.__setattr__(self, '_dirty', False)
         resolved = dict(params)
-        specs = {name: (t.type, tuple(_dimension(self, name, d, resolved, gguf) for d in t.shape))
-                 for name, t in decl.tensors.items()}
+        specs = _tensor_specs(type(self), resolved, gguf, compute_kwargs.pop('values', None))
         state_values = {name: s.default for name, s in decl.states.items()}
         for name, value in (states or {}).items():
             if name not in state_values:
@@ -232,11 +256,12 @@ class GgmlModel(GgmlCompute):
         given, states, compute = cls._split_kwargs(dict(kwargs))
         params = cls._resolve_params(given, None)
         values = dict(values or {})
-        unknown = set(values) - set(cls._decl.tensors)
+        declared = _declared_names(cls, params)
+        unknown = set(values) - set(declared)
         if unknown:
             raise KeyError(f'{cls.__name__}: no tensors {sorted(unknown)}; declared tensors: '
-                           f'{", ".join(cls._decl.tensors) or "(none)"}')
-        model = cls(params, states, **compute)
+                           f'{", ".join(declared) or "(none)"}')
+        model = cls(params, states, values=values, **compute)
         try:
             for name, array in values.items():
                 model.set_input(name, array)
@@ -260,9 +285,9 @@ class GgmlModel(GgmlCompute):
         mapped = _mappable(cls, gguf, params, compute)
         try:
             cls.__init__(model, params, states, gguf=gguf, mapped=mapped, **compute)
-            for name in cls._decl.tensors:
-                if name in gguf.tensors and name not in mapped.get('file', _Mapped()).tensors:
-                    model.set_input(name, gguf.get_tensor(name))
+            copied = [n for n in model.tensors if n in gguf.tensors and n not in mapped.get('file', _Mapped()).tensors]
+            for name in copied:
+                model.set_input(name, gguf.get_tensor(name))
             model.rebuild_graph()
         except BaseException:
             model.close()
@@ -346,15 +371,43 @@ def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any], compute: dict[s
     from .ggml import ffi
     base = ffi.from_buffer(gguf._map)
     mapped = _Mapped(base=base, size=len(gguf._map))
-    for name, t in cls._decl.tensors.items():
+    for name, (ttype, shape) in _tensor_specs(cls, params, gguf, None).items():
         record = gguf.tensors.get(name)
         if record is None:
             continue
-        shape = tuple(_dimension(None, name, d, params, gguf) for d in t.shape)
         start = gguf._data_offset + record.offset
-        if record.type == t.type and tuple(record.shape) == shape and start % 32 == 0:
+        if record.type == ttype and tuple(record.shape) == shape and start % 32 == 0:
             mapped.tensors[name] = base + start
     return {'file': mapped} if mapped.tensors else {}
+
+
+def _declared_names(cls: type, params: Mapping[str, Any]) -> list[str]:
+    return [n for attr, t in cls._decl.tensors.items() for n in t.names(attr, params)]
+
+
+def _tensor_specs(cls: type, params: dict[str, Any], gguf: GgufFile | None,
+                  values: Mapping[str, Any] | None) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """``name -> (type, ggml shape)`` for every tensor to create, resolving names, types, shapes."""
+    from .arrays import to_numpy_input
+    from .types import ggml_type_for_dtype, GgmlType
+    specs = {}
+    for attr, t in cls._decl.tensors.items():
+        for name in t.names(attr, params):
+            record = gguf.tensors.get(name) if gguf is not None else None
+            value = values.get(name) if values else None
+            if t.optional and record is None and value is None:
+                continue
+            shape = tuple(_dimension(cls, name, d, params, gguf) for d in t.shape)
+            ttype = t.type
+            if ttype is None:
+                if record is not None:
+                    ttype = record.type
+                elif value is not None:
+                    ttype = ggml_type_for_dtype(to_numpy_input(value).dtype)
+                else:
+                    ttype = GgmlType.F32
+            specs[name] = (ttype, shape)
+    return specs
 
 
 def _gguf_value(model: str, name: str, key: str, gguf: GgufFile | None) -> Any:
@@ -378,7 +431,7 @@ def _dimension(model: Any, tensor: str, dim: int | str, params: dict[str, Any], 
     elif gguf is not None and dim in gguf.fields:
         value = gguf.get_field(dim)
     else:
-        owner = type(model).__name__ if model is not None else 'model'
+        owner = getattr(model, '__name__', None) or type(model).__name__
         raise TypeError(f'{owner}: tensor {tensor!r} has dimension {dim!r}, which is neither a parameter '
                         f'nor a GGUF field; pass {dim}=... (parameters: {", ".join(params) or "(none)"})')
     try:
