@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 import numpy as np
 
 from .errors import GgufError
-from .ggml import GgmlType, GgufType, ffi, lib
+from .ggml import GgmlType, GgufType, lib
 from .arrays import dequantize_blocks, quantize
 from .types import TypeLike, as_ggml_type, block_size, is_quantized, numpy_dtype, type_name, type_size
 
@@ -370,14 +370,15 @@ class GgufFile:
                 raise cur.fail(f'tensor {name!r}: row of {shape[0]} elements is not a multiple of the '
                                f'{type_name(gtype)} block size {blck}', at)
             # Element and byte counts, zero dimensions skipped (numpy cannot even represent an empty
-            # array whose other dimensions multiply past 2**63), must fit in 63 bits.
+            # array whose other dimensions multiply past 2**63), must fit numpy's 63-bit sizes, also
+            # once dequantized to float32 (4 bytes an element).
             n_elements = 1
             for d in shape:
                 n_elements *= d or 1
             extent = (shape[0] or blck) // blck * type_size(gtype)
             for d in shape[1:]:
                 extent *= d or 1
-            if n_elements >= 2**63 or extent >= 2**63:
+            if n_elements >= 2**61 or extent >= 2**63:
                 raise cur.fail(f'tensor {name!r}: shape {list(shape)} overflows 64 bits '
                                f'({n_elements} elements, {extent} bytes)', at)
             nbytes = shape[0] // blck * type_size(gtype)
