@@ -14,8 +14,8 @@
     model = LinearModel.from_values(dict(weight=weight_np), input_dim=256, output_dim=32, batch_size=16)
     output_np = model(inputs=inputs_np)    # == inputs_np @ weight_np.T
 
-* ``Parameter(default)``: a hyper-parameter. ``default`` is a value, a GGUF key (a string, read
-  from the file by :meth:`GgmlModel.from_gguf`; ``{arch}`` expands to ``general.architecture``),
+* ``Parameter(default)``: a hyper-parameter. ``default`` is a value, a GGUF key (a dotted string,
+  read from the file by :meth:`GgmlModel.from_gguf`; ``{arch}`` expands to ``general.architecture``),
   or a callable computing it from the other parameters (``lambda p: p['dim'] // p['n_head']``).
   Dimension names used in ``Tensor`` shapes without a declaration are parameters too.
 * ``Tensor(type, shape)``: a tensor in the model's buffer; the shape is in ggml order, each
@@ -43,10 +43,18 @@ _REQUIRED = object()
 
 
 class Parameter:
-    """A hyper-parameter: a default value, a GGUF key (str), or a callable of the other parameters."""
+    """A hyper-parameter: a default value, a GGUF key, or a callable of the other parameters.
 
-    def __init__(self, default: Any = _REQUIRED):
+    A string with a dot and no spaces (``'llama.block_count'``, ``'{arch}.context_length'``) is a
+    GGUF key; any other string is a plain value (``Parameter('F16')``).
+
+    ``fallback`` (a value or a callable of the other parameters) is used when a GGUF key is absent
+    from the file, or when the model is built with ``from_values`` and the parameter is not given.
+    """
+
+    def __init__(self, default: Any = _REQUIRED, fallback: Any = _REQUIRED):
         self.default = default
+        self.fallback = fallback
 
     def __repr__(self) -> str:
         return f'Parameter({"required" if self.default is _REQUIRED else repr(self.default)})'
@@ -56,9 +64,11 @@ class Tensor:
     """A tensor declaration.
 
     Arguments:
-        type: GGML type (``'F32'``, ``'Q4_0'``, ...), or None for "as stored": the type of the GGUF
-            tensor, or of the array given to ``from_values`` (F32 when neither exists).
-        shape: ggml order; each dimension an int, a parameter name or a GGUF key.
+        type: GGML type (``'F32'``, ``'Q4_0'``, ...), the name of a parameter holding one, or None
+            for "as stored": the type of the GGUF tensor, or of the array given to ``from_values``
+            (F32 when neither exists).
+        shape: ggml order; each dimension an int, a parameter name, a GGUF key, or None ("as
+            stored": from the GGUF tensor or the given array).
         name: the tensor's name (default: the attribute name); with ``repeat``, a template with
             ``{i}``, e.g. ``'blk.{i}.attn_q.weight'`` (GGUF names, so weights load by name).
         repeat: a parameter name: one tensor per ``i in range(params[repeat])`` (layers).
@@ -68,7 +78,13 @@ class Tensor:
 
     def __init__(self, type: TypeLike | None, shape: tuple[int | str, ...] | list[int | str],
                  name: str | None = None, repeat: str | None = None, optional: bool = False):
-        self.type = as_ggml_type(type) if type is not None else None
+        self.type_param = None
+        try:
+            self.type = as_ggml_type(type) if type is not None else None
+        except ValueError:
+            if not isinstance(type, str):
+                raise
+            self.type, self.type_param = None, type   # resolved from the parameter at creation
         self.shape = tuple(shape)
         self.name = name
         self.repeat = repeat
@@ -229,21 +245,43 @@ class GgmlModel(GgmlCompute):
         params = dict(given)
         pending = {n: p for n, p in decl.params.items() if n not in params}
         # Values and GGUF keys first, then callables (which may use them), in declaration order.
+        late: dict[str, Any] = {}
         for name, p in list(pending.items()):
             if p.default is _REQUIRED:
                 raise TypeError(f'{cls.__name__}: parameter {name!r} is required; pass {name}=...')
-            if isinstance(p.default, str):
-                params[name] = _gguf_value(cls.__name__, name, p.default, gguf)
-                del pending[name]
-            elif not callable(p.default):
+            if _is_gguf_key(p.default):
+                key = _gguf_key(p.default, gguf)
+                if gguf is not None and key in gguf.fields:
+                    params[name] = _gguf_value(cls.__name__, name, p.default, gguf)
+                elif p.fallback is not _REQUIRED:
+                    late[name] = p.fallback
+                else:
+                    params[name] = _gguf_value(cls.__name__, name, p.default, gguf)  # raises
+            elif callable(p.default):
+                late[name] = p.default
+            else:
                 params[name] = p.default
-                del pending[name]
-        for name, p in pending.items():
-            try:
-                params[name] = p.default(params)
-            except KeyError as exc:
-                raise TypeError(f'{cls.__name__}: parameter {name!r} needs {exc} to be computed; '
-                                f'known: {", ".join(params)}') from None
+        # Callables and fallbacks may use other parameters, including each other: resolve in
+        # declaration order, retrying those whose inputs are not known yet.
+        while late:
+            progress = False
+            for name, value in list(late.items()):
+                if not callable(value):
+                    params[name] = value
+                else:
+                    try:
+                        params[name] = value(params)
+                    except KeyError:
+                        continue
+                del late[name]
+                progress = True
+            if not progress:
+                name, value = next(iter(late.items()))
+                try:
+                    value(params)
+                except KeyError as exc:
+                    raise TypeError(f'{cls.__name__}: parameter {name!r} needs {exc} to be computed; '
+                                    f'known: {", ".join(params)}') from None
         return params
 
     @classmethod
@@ -397,8 +435,14 @@ def _tensor_specs(cls: type, params: dict[str, Any], gguf: GgufFile | None,
             value = values.get(name) if values else None
             if t.optional and record is None and value is None:
                 continue
-            shape = tuple(_dimension(cls, name, d, params, gguf) for d in t.shape)
+            shape = tuple(_stored_dimension(cls, name, i, record, value) if d is None
+                          else _dimension(cls, name, d, params, gguf) for i, d in enumerate(t.shape))
             ttype = t.type
+            if t.type_param is not None:
+                if t.type_param not in params:
+                    raise TypeError(f'tensor {name!r}: its type comes from parameter {t.type_param!r}, '
+                                    'which is not set')
+                ttype = as_ggml_type(params[t.type_param])
             if ttype is None:
                 if record is not None:
                     ttype = record.type
@@ -408,6 +452,17 @@ def _tensor_specs(cls: type, params: dict[str, Any], gguf: GgufFile | None,
                     ttype = GgmlType.F32
             specs[name] = (ttype, shape)
     return specs
+
+
+def _is_gguf_key(value: Any) -> bool:
+    # GGUF keys are dotted ('general.name', '{arch}.block_count'); other strings are plain values.
+    return isinstance(value, str) and '.' in value and ' ' not in value
+
+
+def _gguf_key(key: str, gguf: GgufFile | None) -> str:
+    if '{arch}' in key and gguf is not None:
+        key = key.replace('{arch}', str(gguf.get_field('general.architecture', '')))
+    return key
 
 
 def _gguf_value(model: str, name: str, key: str, gguf: GgufFile | None) -> Any:
@@ -421,6 +476,19 @@ def _gguf_value(model: str, name: str, key: str, gguf: GgufFile | None) -> Any:
                        f'pass {name}=... (fields: {", ".join(gguf.fields)})')
     value = gguf.get_field(key)
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _stored_dimension(model: Any, tensor: str, i: int, record: Any, value: Any) -> int:
+    """A dimension declared None: taken from the GGUF tensor or from the given array."""
+    if record is not None:
+        return int(record.shape[i])
+    if value is not None:
+        from .arrays import to_numpy_input
+        shape = to_numpy_input(value).shape[::-1]
+        return int(shape[i]) if i < len(shape) else 1
+    owner = getattr(model, '__name__', None) or type(model).__name__
+    raise TypeError(f'{owner}: tensor {tensor!r} has dimension {i} "as stored", but neither a GGUF tensor '
+                    'nor a value gives it')
 
 
 def _dimension(model: Any, tensor: str, dim: int | str, params: dict[str, Any], gguf: GgufFile | None) -> int:

@@ -1,0 +1,5 @@
+"""Model architectures, one file each."""
+
+from .llama import ContextOverflowError, LlamaModel
+
+__all__ = ['LlamaModel', 'ContextOverflowError']

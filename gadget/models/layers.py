@@ -1,0 +1,95 @@
+"""Building blocks shared by the model architectures: norms, feed-forward, rotary embeddings, attention.
+
+Every function takes the graph context first and names the nodes it makes (``name`` is a prefix
+such as ``'blk3'``), so intermediate values can be read back with ``get_named_node``.
+Shapes in comments are in ggml order (``ne[0]`` first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import ggml as G
+
+
+def rms_norm(ctx: Any, x: Any, weight: Any, eps: float, name: str) -> Any:
+    """``weight * x / rms(x)`` over each row of ``x`` (n_embd, n_tokens)."""
+    return G.ggml_mul(ctx, G.ggml_rms_norm(ctx, x, eps), weight, name=name)
+
+
+def layer_norm(ctx: Any, x: Any, weight: Any, bias: Any, eps: float, name: str) -> Any:
+    """``weight * (x - mean) / std + bias`` over each row."""
+    return G.ggml_add(ctx, G.ggml_mul(ctx, G.ggml_norm(ctx, x, eps), weight), bias, name=name)
+
+
+def swiglu_feed_forward(ctx: Any, x: Any, *, up: Any, gate: Any, down: Any, name: str) -> Any:
+    """``down @ (silu(gate @ x) * (up @ x))``: the Llama feed-forward block."""
+    g = G.ggml_mul_mat(ctx, gate, x, name=f'{name}_gate')          # (n_ff, n_tokens)
+    u = G.ggml_mul_mat(ctx, up, x, name=f'{name}_up')              # (n_ff, n_tokens)
+    h = G.ggml_swiglu_split(ctx, g, u, name=f'{name}_act')         # silu(g) * u
+    return G.ggml_mul_mat(ctx, down, h, name=f'{name}_out')        # (n_embd, n_tokens)
+
+
+@dataclass
+class Rope:
+    """Rotary position embedding settings (GGML's ``ggml_rope_ext`` arguments)."""
+    n_rot: int
+    mode: int = 0                 # 0: rotate adjacent pairs (llama.cpp's Llama); 2: NeoX halves
+    n_ctx_orig: int = 0
+    freq_base: float = 10000.0
+    freq_scale: float = 1.0
+    ext_factor: float = 0.0
+    attn_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+    def __call__(self, ctx: Any, x: Any, positions: Any, freq_factors: Any, name: str) -> Any:
+        """Rotate ``x`` (head_dim, n_heads, n_tokens) by ``positions`` (I32, n_tokens)."""
+        return G.ggml_rope_ext(ctx, x, positions, freq_factors if freq_factors is not None else G.ffi.NULL,
+                               self.n_rot, self.mode, self.n_ctx_orig, self.freq_base, self.freq_scale,
+                               self.ext_factor, self.attn_factor, self.beta_fast, self.beta_slow, name=name)
+
+
+def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v: Any, kv_index: Any,
+                     mask: Any, n_kv: int, scale: float, name: str, fused: bool = True) -> Any:
+    """Attention of new tokens over a KV cache, writing their keys and values into it first.
+
+    Arguments:
+        q: (head_dim, n_head, n_tokens) rotated queries; k, v: (head_dim, n_head_kv, n_tokens).
+        cache_k, cache_v: (head_dim * n_head_kv, n_ctx) caches; rows ``kv_index`` (I64, n_tokens)
+            receive this step's keys and values.
+        mask: F16 (n_kv, n_tokens), 0 where a query may attend, -inf elsewhere.
+        n_kv: how many cache rows to attend over (the first ``n_kv``).
+        fused: GGML's flash attention; ``False`` builds it from matmul + softmax and names the
+            scaled, masked pre-softmax scores ``{name}_scores`` (heads last: (n_kv, n_tokens, n_head)).
+
+    Returns (head_dim * n_head, n_tokens).
+    """
+    head_dim, n_head, n_tokens = q.ne[0], q.ne[1], q.ne[2]
+    n_head_kv = k.ne[1]
+    row = head_dim * n_head_kv
+    # Write, and attend through the written views, so the graph orders the writes first.
+    k_all = G.ggml_set_rows(ctx, cache_k, G.ggml_reshape_2d(ctx, k, row, n_tokens), kv_index,
+                            name=f'{name}_k_write')
+    v_all = G.ggml_set_rows(ctx, cache_v, G.ggml_reshape_2d(ctx, v, row, n_tokens), kv_index,
+                            name=f'{name}_v_write')
+    esize_k, esize_v = cache_k.nb[0], cache_v.nb[0]
+    # (head_dim, n_head_kv, n_kv) views of the first n_kv rows, permuted to (head_dim, n_kv, n_head_kv)
+    keys = G.ggml_permute(ctx, G.ggml_view_3d(ctx, k_all, head_dim, n_head_kv, n_kv, head_dim * esize_k,
+                                              row * esize_k, 0), 0, 2, 1, 3)
+    values = G.ggml_permute(ctx, G.ggml_view_3d(ctx, v_all, head_dim, n_head_kv, n_kv, head_dim * esize_v,
+                                                row * esize_v, 0), 0, 2, 1, 3)
+    queries = G.ggml_permute(ctx, q, 0, 2, 1, 3)                    # (head_dim, n_tokens, n_head)
+    if fused:
+        out = G.ggml_flash_attn_ext(ctx, queries, keys, values, mask, scale, 0.0, 0.0, name=f'{name}_fa')
+        G.ggml_flash_attn_ext_set_prec(out, G.GGML_PREC_F32)
+        return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)    # out: (head_dim, n_head, n_tokens)
+    kq = G.ggml_mul_mat(ctx, keys, queries, name=f'{name}_kq')               # (n_kv, n_tokens, n_head)
+    scores = G.ggml_add(ctx, G.ggml_scale(ctx, kq, scale), G.ggml_cast(ctx, mask, G.GGML_TYPE_F32),
+                        name=f'{name}_scores')
+    probs = G.ggml_soft_max(ctx, scores, name=f'{name}_probs')
+    v_t = G.ggml_cont(ctx, G.ggml_transpose(ctx, G.ggml_cast(ctx, values, G.GGML_TYPE_F32)))  # (n_kv, head_dim, n_head_kv)
+    out = G.ggml_mul_mat(ctx, v_t, probs)                                    # (head_dim, n_tokens, n_head)
+    out = G.ggml_cont(ctx, G.ggml_permute(ctx, out, 0, 2, 1, 3))             # (head_dim, n_head, n_tokens)
+    return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)

@@ -1,0 +1,242 @@
+"""Llama: RMS norm, rotary embeddings, grouped-query attention over a KV cache, SwiGLU.
+
+Weights load by their GGUF (llama.cpp) names. The graph is built for a (batch length, attention
+window, outputs) triple and reused for every call with the same triple: decoding builds it once,
+then only sets four small input tensors per token (token ids, positions, cache rows, mask); the
+attention window grows in steps of ``KV_STEP`` cache rows, so it is rebuilt once per ``KV_STEP``
+tokens. Shapes in comments are in ggml order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import ggml as G
+from ..errors import GadgetError
+from ..ggml import ffi, lib
+from ..model import GgmlModel, Parameter, State, Tensor
+from .layers import Rope, cached_attention, rms_norm, swiglu_feed_forward
+
+__all__ = ['LlamaModel', 'ContextOverflowError', 'KV_STEP']
+
+KV_STEP = 256            # the attention window grows in steps of this many cache rows
+DEFAULT_CONTEXT = 4096   # default cap on the KV cache (the model's own length may be far larger)
+
+
+class ContextOverflowError(GadgetError, ValueError):
+    """The tokens would not fit in the model's context (KV cache)."""
+
+
+class LlamaModel(GgmlModel):
+    """A Llama-architecture language model with a KV cache.
+
+    Parameters (from the GGUF file unless given): ``context_length`` (KV cache rows; default the
+    model's, capped at 4096), ``batch_size`` (tokens per graph; longer prompts are chunked; default
+    512), ``kv_type`` (``'F16'``; ``'F32'`` for exact comparisons).
+
+    Call it with token ids: ``logits = model(tokens)`` returns the logits of the last position
+    (numpy ``(n_vocab,)``), or of every new position with ``all_logits=True`` (``(n, n_vocab)``).
+    The cache keeps the tokens seen so far (``n_past``); ``reset()`` empties it and ``rewind(n)``
+    keeps only the first ``n``.
+    """
+
+    # hyper-parameters
+    n_layer: Parameter('{arch}.block_count')
+    n_embd: Parameter('{arch}.embedding_length')
+    n_ff: Parameter('{arch}.feed_forward_length')
+    n_head: Parameter('{arch}.attention.head_count')
+    n_head_kv: Parameter('{arch}.attention.head_count_kv', fallback=lambda p: p['n_head'])
+    head_dim: Parameter('{arch}.attention.key_length', fallback=lambda p: p['n_embd'] // p['n_head'])
+    n_rot: Parameter('{arch}.rope.dimension_count', fallback=lambda p: p['head_dim'])
+    n_ctx_train: Parameter('{arch}.context_length', fallback=DEFAULT_CONTEXT)
+    n_ctx_orig: Parameter('{arch}.rope.scaling.original_context_length', fallback=lambda p: p['n_ctx_train'])
+    rope_base: Parameter('{arch}.rope.freq_base', fallback=10000.0)
+    rope_scaling: Parameter('{arch}.rope.scaling.type', fallback='none')
+    rope_factor: Parameter('{arch}.rope.scaling.factor', fallback=1.0)
+    norm_eps: Parameter('{arch}.attention.layer_norm_rms_epsilon', fallback=1e-5)
+    context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT))
+    batch_size: Parameter(lambda p: min(512, int(p['context_length'])))
+    kv_type: Parameter('F16')
+    n_q: Parameter(lambda p: p['n_head'] * p['head_dim'])
+    n_kv: Parameter(lambda p: p['n_head_kv'] * p['head_dim'])
+    n_rot_half: Parameter(lambda p: p['n_rot'] // 2)
+    mask_size: Parameter(lambda p: p['context_length'] * p['batch_size'])
+
+    # weights, by their GGUF names
+    token_embd: Tensor(None, ('n_embd', None), name='token_embd.weight')
+    attn_norm: Tensor('F32', ('n_embd',), name='blk.{i}.attn_norm.weight', repeat='n_layer')
+    attn_q: Tensor(None, ('n_embd', 'n_q'), name='blk.{i}.attn_q.weight', repeat='n_layer')
+    attn_k: Tensor(None, ('n_embd', 'n_kv'), name='blk.{i}.attn_k.weight', repeat='n_layer')
+    attn_v: Tensor(None, ('n_embd', 'n_kv'), name='blk.{i}.attn_v.weight', repeat='n_layer')
+    attn_output: Tensor(None, ('n_q', 'n_embd'), name='blk.{i}.attn_output.weight', repeat='n_layer')
+    ffn_norm: Tensor('F32', ('n_embd',), name='blk.{i}.ffn_norm.weight', repeat='n_layer')
+    ffn_gate: Tensor(None, ('n_embd', 'n_ff'), name='blk.{i}.ffn_gate.weight', repeat='n_layer')
+    ffn_up: Tensor(None, ('n_embd', 'n_ff'), name='blk.{i}.ffn_up.weight', repeat='n_layer')
+    ffn_down: Tensor(None, ('n_ff', 'n_embd'), name='blk.{i}.ffn_down.weight', repeat='n_layer')
+    output_norm: Tensor('F32', ('n_embd',), name='output_norm.weight')
+    output: Tensor(None, ('n_embd', None), name='output.weight', optional=True)   # absent: tied
+    rope_freqs: Tensor('F32', ('n_rot_half',), name='rope_freqs.weight', optional=True)
+
+    # KV cache and per-call inputs
+    cache_k: Tensor('kv_type', ('n_kv', 'context_length'), name='cache_k.{i}', repeat='n_layer')
+    cache_v: Tensor('kv_type', ('n_kv', 'context_length'), name='cache_v.{i}', repeat='n_layer')
+    tokens: Tensor('I32', ('batch_size',))
+    positions: Tensor('I32', ('batch_size',))
+    kv_index: Tensor('I64', ('batch_size',))
+    out_index: Tensor('I32', ('batch_size',))
+    mask: Tensor('F16', ('mask_size',))
+
+    # what the graph is built for
+    n_tokens: State(1)
+    n_window: State(KV_STEP)
+    n_outputs: State(1)
+    unfused_attention: State(())   # layers whose attention is built unfused (scores readable)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        p = self.params
+        p['n_vocab'] = int(self.tensors['token_embd.weight'].ne[1])
+        factor = float(p['rope_factor'] or 1.0)
+        self.rope = Rope(
+            n_rot=int(p['n_rot']), mode=0, n_ctx_orig=int(p['n_ctx_orig']), freq_base=float(p['rope_base']),
+            freq_scale=1.0 / factor if p['rope_scaling'] == 'linear' and factor > 0 else 1.0)
+        self.n_past = 0
+        self._logits = None
+        self.state['n_window'] = min(KV_STEP, int(p['context_length']))
+
+    # --- the graph ------------------------------------------------------------------------------
+
+    def forward(self) -> Any:
+        ctx, p, T = self.ctx_graph, self.params, self.tensors
+        n_tokens, n_window, n_outputs = self.state['n_tokens'], self.state['n_window'], self.state['n_outputs']
+        unfused = {il % p['n_layer'] for il in self.state['unfused_attention']}
+        self.keep.update(f'attn{il}_scores' for il in unfused)
+        n_layer, head_dim = p['n_layer'], p['head_dim']
+        tokens = G.ggml_view_1d(ctx, T['tokens'], n_tokens, 0)
+        positions = G.ggml_view_1d(ctx, T['positions'], n_tokens, 0)
+        kv_index = G.ggml_view_1d(ctx, T['kv_index'], n_tokens, 0)
+        out_index = G.ggml_view_1d(ctx, T['out_index'], n_outputs, 0)
+        mask = G.ggml_view_2d(ctx, T['mask'], n_window, n_tokens, n_window * 2, 0, name='kq_mask')
+        freq_factors = T['rope_freqs.weight'] if 'rope_freqs.weight' in T else None
+        scale = 1.0 / math.sqrt(head_dim)
+
+        x = G.ggml_get_rows(ctx, T['token_embd.weight'], tokens, name='inp_embd')      # (n_embd, n_tokens)
+        for il in range(n_layer):
+            h = rms_norm(ctx, x, T[f'blk.{il}.attn_norm.weight'], p['norm_eps'], name=f'attn_norm{il}')
+            q = G.ggml_reshape_3d(ctx, G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_q.weight'], h),
+                                  head_dim, p['n_head'], n_tokens)                      # (head_dim, n_head, n_tokens)
+            k = G.ggml_reshape_3d(ctx, G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_k.weight'], h),
+                                  head_dim, p['n_head_kv'], n_tokens)                   # (head_dim, n_head_kv, n_tokens)
+            v = G.ggml_reshape_3d(ctx, G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_v.weight'], h),
+                                  head_dim, p['n_head_kv'], n_tokens)
+            q = self.rope(ctx, q, positions, freq_factors, name=f'q_rope{il}')
+            k = self.rope(ctx, k, positions, freq_factors, name=f'k_rope{il}')
+            attn = cached_attention(ctx, q, k, v, cache_k=T[f'cache_k.{il}'], cache_v=T[f'cache_v.{il}'],
+                                    kv_index=kv_index, mask=mask, n_kv=n_window, scale=scale,
+                                    name=f'attn{il}', fused=il not in unfused)       # (n_q, n_tokens)
+            attn = G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_output.weight'], attn, name=f'attn_out{il}')
+            if il == n_layer - 1 and n_outputs < n_tokens:
+                # Only the output positions go through the last feed-forward block and the head.
+                attn = G.ggml_get_rows(ctx, attn, out_index)
+                x = G.ggml_get_rows(ctx, x, out_index)
+            x = G.ggml_add(ctx, x, attn, name=f'attn_res{il}')
+            h = rms_norm(ctx, x, T[f'blk.{il}.ffn_norm.weight'], p['norm_eps'], name=f'ffn_norm{il}')
+            ffn = swiglu_feed_forward(ctx, h, up=T[f'blk.{il}.ffn_up.weight'], gate=T[f'blk.{il}.ffn_gate.weight'],
+                                      down=T[f'blk.{il}.ffn_down.weight'], name=f'ffn{il}')
+            x = G.ggml_add(ctx, x, ffn, name=f'l_out{il}')                          # (n_embd, n_tokens)
+        x = rms_norm(ctx, x, T['output_norm.weight'], p['norm_eps'], name='result_norm')
+        head = T['output.weight'] if 'output.weight' in T else T['token_embd.weight']
+        return G.ggml_mul_mat(ctx, head, x, name='result_output')                   # (n_vocab, n_outputs)
+
+    # --- running it -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every cached token."""
+        self.n_past = 0
+
+    def rewind(self, n_keep: int) -> None:
+        """Keep only the first ``n_keep`` cached tokens (the rest are overwritten by later calls)."""
+        if not 0 <= n_keep <= self.n_past:
+            raise ValueError(f'rewind({n_keep}): the cache holds {self.n_past} tokens')
+        self.n_past = n_keep
+
+    def __call__(self, tokens: Any, all_logits: bool = False) -> np.ndarray:  # type: ignore[override]
+        """Evaluate ``tokens`` after the cached ones; return the last position's logits (n_vocab,)
+        or, with ``all_logits``, every new position's (n_tokens, n_vocab)."""
+        ids = np.asarray(tokens)
+        if ids.ndim == 0:
+            ids = ids.reshape(1)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f'tokens must be a non-empty 1-D sequence of ids, got shape {ids.shape}')
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f'token ids must be integers, got {ids.dtype}')
+        n_vocab, n_ctx = self.params['n_vocab'], self.params['context_length']
+        bad = (ids < 0) | (ids >= n_vocab)
+        if bad.any():
+            raise ValueError(f'token id {int(ids[bad][0])} is out of range for a vocabulary of {n_vocab}')
+        if self.n_past + ids.size > n_ctx:
+            raise ContextOverflowError(
+                f'{ids.size} new tokens after {self.n_past} cached ones exceed context_length '
+                f'({n_ctx}): reset() or rewind(), or load the model with a larger context_length')
+        ids = ids.astype(np.int32)
+        batch = self.params['batch_size']
+        outputs = []
+        for start in range(0, ids.size, batch):
+            chunk = ids[start:start + batch]
+            last = start + batch >= ids.size
+            n_out = chunk.size if all_logits else 1
+            logits = self._step(chunk, n_out)
+            if all_logits:
+                outputs.append(logits)
+            elif last:
+                outputs.append(logits[-1])
+        return np.concatenate(outputs) if all_logits else outputs[0]
+
+    def _step(self, chunk: np.ndarray, n_out: int) -> np.ndarray:
+        n = chunk.size
+        n_past = self.n_past
+        n_ctx = self.params['context_length']
+        window = min(n_ctx, -(-(n_past + n) // KV_STEP) * KV_STEP)
+        state = self.state
+        for key, value in (('n_tokens', n), ('n_window', window), ('n_outputs', n_out)):
+            if state[key] != value:
+                state[key] = value
+        if self._dirty or self.graph is None:
+            self.rebuild_graph()
+            self._logits = None
+        positions = np.arange(n_past, n_past + n, dtype=np.int32)
+        # mask[t, j] = 0 where cache row j holds a position <= the token's own, -inf elsewhere
+        mask = np.where(np.arange(window)[None, :] <= positions[:, None], 0.0, -np.inf).astype(np.float16)
+        out_index = np.arange(n - n_out, n, dtype=np.int32)
+        self._write('tokens', chunk)
+        self._write('positions', positions)
+        self._write('kv_index', positions.astype(np.int64))
+        self._write('out_index', out_index)
+        self._write('mask', mask)
+        status = lib.ggml_backend_graph_compute(self.backend.handle, self.graph)
+        if status != lib.GGML_STATUS_SUCCESS:
+            raise GadgetError(f'graph compute failed: status {status}')
+        self.n_past = n_past + n
+        out = self.outputs[0]
+        if self._logits is None or self._logits.shape != (n_out, self.params['n_vocab']):
+            self._logits = np.empty((n_out, self.params['n_vocab']), dtype=np.float32)
+        lib.ggml_backend_tensor_get(out, ffi.from_buffer(self._logits), 0, self._logits.nbytes)
+        return self._logits.copy()
+
+    def _write(self, name: str, array: np.ndarray) -> None:
+        # The per-token fast path: the shapes and types are right by construction.
+        lib.ggml_backend_tensor_set(self.tensors[name], ffi.from_buffer(array), 0, array.nbytes)
+
+    def attention_scores(self, layer: int = -1) -> np.ndarray:
+        """The last call's scaled, masked pre-softmax attention scores of ``layer`` (numpy
+        ``(n_head, n_tokens, n_window)``), which must have been built unfused:
+        ``model.unfused_attention = (layer,)`` before the call."""
+        layer = layer % self.params['n_layer']
+        if layer not in set(self.state['unfused_attention']):
+            raise ValueError(f'layer {layer} attention is fused: set model.unfused_attention = ({layer},) '
+                             'before the call to read its scores')
+        return self.get_named_node(f'attn{layer}_scores')
+

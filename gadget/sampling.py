@@ -1,0 +1,98 @@
+"""Token sampling from logits.
+
+The order is fixed and documented: repetition penalty → temperature (0 means greedy: argmax of
+the penalised logits) → softmax → min_p → top_k → top_p → renormalise → draw with a seeded
+generator (``numpy.random.Generator``), so the same seed reproduces the same tokens.
+
+* ``repetition_penalty`` (> 0, 1 = off): logits of tokens already in the context are divided by it
+  when positive and multiplied by it when negative (the CTRL paper's rule, as transformers and
+  llama.cpp apply it).
+* ``min_p`` (0 = off): drop tokens with probability below ``min_p`` times the largest one.
+* ``top_k`` (0 = off): keep the ``top_k`` most likely tokens.
+* ``top_p`` (1 = off): keep the smallest set of most likely tokens whose mass reaches ``top_p``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+import numpy as np
+
+__all__ = ['SamplingParams', 'Sampler', 'softmax']
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - np.max(logits)
+    e = np.exp(z)
+    return e / e.sum()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f'temperature must be >= 0 (0 = greedy), got {self.temperature}')
+        if self.top_k < 0:
+            raise ValueError(f'top_k must be >= 0 (0 = off), got {self.top_k}')
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f'min_p must be in [0, 1], got {self.min_p}')
+        if self.repetition_penalty <= 0:
+            raise ValueError(f'repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}')
+
+
+class Sampler:
+    """Draws tokens from logits with :class:`SamplingParams`; ``seed`` makes it reproducible."""
+
+    def __init__(self, params: SamplingParams | None = None, seed: int | None = None, **overrides: float):
+        params = params or SamplingParams()
+        self.params = replace(params, **overrides) if overrides else params
+        self.rng = np.random.default_rng(seed)
+
+    def penalise(self, logits: np.ndarray, context: Iterable[int]) -> np.ndarray:
+        penalty = self.params.repetition_penalty
+        seen = np.fromiter(set(context), dtype=np.int64)
+        if penalty == 1.0 or seen.size == 0:
+            return logits
+        out = logits.astype(np.float32, copy=True)
+        chosen = out[seen]
+        out[seen] = np.where(chosen > 0, chosen / penalty, chosen * penalty)
+        return out
+
+    def probabilities(self, logits: np.ndarray, context: Iterable[int] = ()) -> np.ndarray:
+        """The distribution tokens are drawn from (after every filter), as float64."""
+        p = self.params
+        logits = self.penalise(np.asarray(logits, dtype=np.float32), context)
+        if p.temperature == 0:
+            probs = np.zeros(logits.shape, dtype=np.float64)
+            probs[int(np.argmax(logits))] = 1.0
+            return probs
+        probs = softmax(logits / p.temperature)
+        if p.min_p > 0:
+            probs[probs < p.min_p * probs.max()] = 0.0
+        if p.top_k and p.top_k < probs.size:
+            order = np.argsort(-probs, kind='stable')
+            keep = np.zeros(probs.size, dtype=bool)
+            keep[order[:p.top_k]] = True           # exactly k, ties broken by token id
+            probs[~keep] = 0.0
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, kind='stable')
+            mass = np.cumsum(probs[order])
+            n_keep = int(np.searchsorted(mass, p.top_p * mass[-1]) + 1)
+            probs[order[n_keep:]] = 0.0
+        return probs / probs.sum()
+
+    def __call__(self, logits: np.ndarray, context: Iterable[int] = ()) -> int:
+        """One token id drawn from ``logits`` (numpy ``(n_vocab,)``) given the ``context`` ids."""
+        if self.params.temperature == 0:
+            return int(np.argmax(self.penalise(np.asarray(logits, dtype=np.float32), context)))
+        probs = self.probabilities(logits, context)
+        return int(self.rng.choice(probs.size, p=probs))

