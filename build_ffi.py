@@ -126,7 +126,10 @@ static void gadget_on_fault(int sig, siginfo_t *info, void *context) {
             prev->sa_handler(sig);
             return;
         }
-        sigaction(sig, prev, NULL);   /* default action: restore it and let the fault recur */
+        /* Default action: restore it and re-raise, so a genuine fault (or a kill -SEGV) ends the
+           process as it would without gadget. */
+        sigaction(sig, prev, NULL);
+        raise(sig);
         return;
     }
 }

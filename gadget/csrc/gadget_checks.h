@@ -38,6 +38,10 @@ static int gadget_view_fits(const struct ggml_tensor *a, int n, const int64_t *n
     }
     size_t last = offset + ggml_row_size(a->type, ne[0]);
     for (int i = 1; i < n; i++) {
+        /* (ne[i] - 1) * nb[i] must not wrap around: compare by division first */
+        GADGET_REQUIRE(nb[i] == 0 || (size_t) (ne[i] - 1) <= (SIZE_MAX - last) / nb[i],
+                       "view dimension %d (%lld elements of stride %zu) overflows the address space",
+                       i, (long long) ne[i], nb[i]);
         last += (size_t) (ne[i] - 1) * nb[i];
     }
     GADGET_REQUIRE(last <= ggml_nbytes(a),
@@ -131,7 +135,8 @@ static int gadget_check_ggml_new_graph(struct ggml_context *ctx) {
 }
 static int gadget_check_ggml_new_buffer(struct ggml_context *ctx, size_t nbytes) {
     GADGET_REQUIRE(ctx != NULL, "the context is NULL");
-    return gadget_room(ctx, nbytes + GGML_MEM_ALIGN + (ggml_tensor_overhead() - GGML_TENSOR_SIZE), "the buffer");
+    size_t padded = (nbytes + GGML_MEM_ALIGN - 1) / GGML_MEM_ALIGN * GGML_MEM_ALIGN;
+    return gadget_room(ctx, padded + (ggml_tensor_overhead() - GGML_TENSOR_SIZE), "the buffer");
 }
 
 /* --- matrix products, norms, rope, attention ------------------------------------------------ */
@@ -150,14 +155,8 @@ static int gadget_rows_contiguous(const struct ggml_tensor *a, const char *op) {
                    op, ggml_type_size(a->type), a->nb[0]);
     return 1;
 }
-static int gadget_check_ggml_norm(struct ggml_context *ctx, struct ggml_tensor *a, float eps) {
-    (void) ctx; (void) eps; return gadget_rows_contiguous(a, "norm");
-}
 static int gadget_check_ggml_rms_norm(struct ggml_context *ctx, struct ggml_tensor *a, float eps) {
     (void) ctx; (void) eps; return gadget_rows_contiguous(a, "rms_norm");
-}
-static int gadget_check_ggml_l2_norm(struct ggml_context *ctx, struct ggml_tensor *a, float eps) {
-    (void) ctx; (void) eps; return gadget_rows_contiguous(a, "l2_norm");
 }
 static int gadget_check_ggml_group_norm(struct ggml_context *ctx, struct ggml_tensor *a, int n_groups, float eps) {
     (void) ctx; (void) eps;
@@ -199,10 +198,10 @@ static int gadget_check_ggml_flash_attn_ext(struct ggml_context *ctx, struct ggm
                                             float max_bias, float logit_softcap) {
     (void) ctx; (void) scale; (void) max_bias; (void) logit_softcap;
     GADGET_TENSOR(q); GADGET_TENSOR(k); GADGET_TENSOR(v);
-    GADGET_REQUIRE(v->ne[1] == k->ne[1] && v->ne[2] == k->ne[2],
-                   "flash_attn_ext: v [%lld, %lld, %lld] must have the kv length and head count of k [%lld, %lld, %lld]",
+    GADGET_REQUIRE(v->ne[1] == k->ne[1] && v->ne[2] > 0 && q->ne[2] % v->ne[2] == 0,
+                   "flash_attn_ext: v [%lld, %lld, %lld] must have k's kv length (%lld) and a head count dividing q's (%lld)",
                    (long long) v->ne[0], (long long) v->ne[1], (long long) v->ne[2],
-                   (long long) k->ne[0], (long long) k->ne[1], (long long) k->ne[2]);
+                   (long long) k->ne[1], (long long) q->ne[2]);
     GADGET_REQUIRE(k->ne[2] > 0 && q->ne[2] % k->ne[2] == 0,
                    "flash_attn_ext: q heads (%lld) must be a multiple of k heads (%lld)",
                    (long long) q->ne[2], (long long) k->ne[2]);
@@ -258,16 +257,18 @@ static int gadget_check_ggml_top_k(struct ggml_context *ctx, struct ggml_tensor 
     GADGET_REQUIRE(k >= 1 && k <= a->ne[0], "top_k: k must be in 1..%lld, got %d", (long long) a->ne[0], k);
     return 1;
 }
+/* Negative padding crops, which GGML computes correctly; only a non-positive result is invalid. */
 static int gadget_check_ggml_pad(struct ggml_context *ctx, struct ggml_tensor *a, int p0, int p1, int p2, int p3) {
     (void) ctx; GADGET_TENSOR(a);
-    GADGET_REQUIRE(p0 >= 0 && p1 >= 0 && p2 >= 0 && p3 >= 0, "pad: padding must be >= 0, got %d %d %d %d", p0, p1, p2, p3);
+    GADGET_REQUIRE(a->ne[0] + p0 >= 0 && a->ne[1] + p1 >= 0 && a->ne[2] + p2 >= 0 && a->ne[3] + p3 >= 0,
+                   "pad: padding %d %d %d %d would leave a negative size", p0, p1, p2, p3);
     return 1;
 }
 static int gadget_check_ggml_pad_ext(struct ggml_context *ctx, struct ggml_tensor *a, int lp0, int rp0, int lp1, int rp1,
                                      int lp2, int rp2, int lp3, int rp3) {
     (void) ctx; GADGET_TENSOR(a);
-    GADGET_REQUIRE(lp0 >= 0 && rp0 >= 0 && lp1 >= 0 && rp1 >= 0 && lp2 >= 0 && rp2 >= 0 && lp3 >= 0 && rp3 >= 0,
-                   "pad_ext: padding must be >= 0");
+    GADGET_REQUIRE(a->ne[0] + lp0 + rp0 >= 0 && a->ne[1] + lp1 + rp1 >= 0 && a->ne[2] + lp2 + rp2 >= 0 &&
+                   a->ne[3] + lp3 + rp3 >= 0, "pad_ext: the padding would leave a negative size");
     return 1;
 }
 
