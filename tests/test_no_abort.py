@@ -530,6 +530,10 @@ CHECKED = [
     C('view_3d_stride_past_end', CHECK, 'ggml_view_3d',
       'a = new(F32, 4, 4); OUT = G.ggml_cont(ctx, G.ggml_view_3d(ctx, a, 4, 2, 2, 16, 64, 0))',
       'view reaches byte 96 of a tensor of 64 bytes'),
+    C('view_2d_rows_overflow', CHECK, 'ggml_view_2d',  # (ne1 - 1) * nb1 wraps size_t; GGML's bound wraps too
+      'OUT = G.ggml_sum(ctx, G.ggml_view_2d(ctx, new(F32, 4, 3), 4, (1 << 60) + 1, 16, 0))',
+      'view dimension 1 (1152921504606846977 elements of stride 16) overflows the address space',
+      'a: f32 [4, 3]'),
     C('new_tensor_two_negative_dims', CHECK, 'ggml_new_tensor',  # ne = [-4, -3]: the product is positive
       'OUT = new(F32, -4, -3)', 'dimension 0 is negative (-4)'),
     C('reshape_negative_dims', CHECK, 'ggml_reshape_2d',
@@ -561,7 +565,7 @@ CHECKED = [
     C('flash_attn_v_shorter_than_k', CHECK, 'ggml_flash_attn_ext',  # V rows read up to k->ne[1]
       'OUT = G.ggml_flash_attn_ext(ctx, new(F32, 8, 3, 4), new(F16, 8, 5, 4), new(F16, 8, 2, 4), ffi.NULL, '
       '1.0, 0.0, 0.0)',
-      'v [8, 2, 4] must have the kv length and head count of k [8, 5, 4]'),
+      "v [8, 2, 4] must have k's kv length (5)", 'k: f16 [8, 5, 4]'),
     C('flash_attn_v_heads', CHECK, 'ggml_flash_attn_ext',  # V head q_head / (4 / 3) = 3 is past the end
       'OUT = G.ggml_flash_attn_ext(ctx, new(F32, 8, 3, 4), new(F16, 8, 5, 2), new(F16, 8, 5, 3), ffi.NULL, '
       '1.0, 0.0, 0.0)',
@@ -685,44 +689,33 @@ WELL_DEFINED = [
     Case('group_norm_contiguous', 'OUT = G.ggml_group_norm(ctx, new(F32, 4, 4, 4), 2, 1e-5)'),
     Case('new_graph_exact_fit', 'CHECK = G.ggml_new_graph(make_ctx(lib.ggml_graph_overhead())) != ffi.NULL',
          expect=True),
+    # Former false positives of gadget_checks.h, now accepted; expected: GGML's own (unchecked) result.
+    # norm and l2_norm read strided rows (only rms_norm and group_norm need contiguous ones)
+    Case('norm_of_transposed_computes',
+         't = compute(G.ggml_norm(ctx, G.ggml_transpose(ctx, new(F32, 4, 3)), 1e-5))\n'
+         'CHECK = [round(x, 3) for x in read(t)[:6]]', expect=[-1.225, 0.0, 1.225] * 2),
+    Case('l2_norm_of_transposed_computes',
+         't = compute(G.ggml_l2_norm(ctx, G.ggml_transpose(ctx, new(F32, 4, 3)), 1e-5))\n'
+         'CHECK = [round(x, 3) for x in read(t)[:4]]', expect=[0.0, 0.447, 0.894, 0.097]),
+    Case('pad_negative_crops',  # negative padding crops: ne0 + p0 > 0 is all GGML needs
+         't = compute(G.ggml_pad(ctx, new(F32, 4, 3), -2, 0, 0, 0))\nCHECK = [round(x, 3) for x in read(t)]',
+         expect=[0.0, 0.1, 0.4, 0.5, 0.8, 0.9]),
+    Case('pad_ext_negative_crops',
+         't = compute(G.ggml_pad_ext(ctx, new(F32, 4, 3), -1, -1, 0, 0, 0, 0, 0, 0))\n'
+         'CHECK = [round(x, 3) for x in read(t)]', expect=[0.1, 0.2, 0.5, 0.6, 0.9, 1.0]),
+    Case('flash_attn_v_fewer_heads_than_k',  # V heads broadcast on their own: iv2 = iq2 / (neq2 / nev2)
+         't = compute(G.ggml_flash_attn_ext(ctx, new(F32, 8, 3, 4), new(F16, 8, 5, 2), new(F16, 8, 5, 1), '
+         'ffi.NULL, 1.0, 0.0, 0.0))\nCHECK = list(t.ne)', expect=[8, 4, 3, 1]),
+    Case('new_buffer_exact_fit',  # GGML needs GGML_PAD(nbytes, GGML_MEM_ALIGN) + the object header
+         'obj = lib.ggml_tensor_overhead() - ffi.sizeof("struct ggml_tensor")  # GGML_OBJECT_SIZE\n'
+         'CHECK = G.ggml_new_buffer(make_ctx(256 + obj), 256) != ffi.NULL', expect=True),
 ]
 
 # --------------------------------------------------------------------------------------------
 # Valid inputs that a gadget pre-check rejects today (false positives of gadget_checks.h).
 # Expected: GGML's result, as the raw (unchecked) ``lib`` function computes it.
 # --------------------------------------------------------------------------------------------
-REJECTED_BUT_VALID = [
-    Case('norm_of_transposed_computes',
-         't = compute(G.ggml_norm(ctx, G.ggml_transpose(ctx, new(F32, 4, 3)), 1e-5))\n'
-         'CHECK = [round(x, 3) for x in read(t)[:6]]', expect=[-1.225, 0.0, 1.225] * 2,
-         reason='gadget_check_ggml_norm demands nb[0] == sizeof(float), but the CPU norm reads strided rows '
-                '(only rms_norm and group_norm need contiguous rows)'),
-    Case('l2_norm_of_transposed_computes',
-         't = compute(G.ggml_l2_norm(ctx, G.ggml_transpose(ctx, new(F32, 4, 3)), 1e-5))\n'
-         'CHECK = [round(x, 3) for x in read(t)[:4]]', expect=[0.0, 0.447, 0.894, 0.097],
-         reason='gadget_check_ggml_l2_norm demands nb[0] == sizeof(float); the CPU l2_norm reads '
-                'x + i00*nb00'),
-    Case('pad_negative_crops',
-         't = compute(G.ggml_pad(ctx, new(F32, 4, 3), -2, 0, 0, 0))\nCHECK = [round(x, 3) for x in read(t)]',
-         expect=[0.0, 0.1, 0.4, 0.5, 0.8, 0.9],
-         reason='gadget_check_ggml_pad rejects any negative padding; GGML crops (ne0 + p0 > 0 is all it '
-                'needs)'),
-    Case('pad_ext_negative_crops',
-         't = compute(G.ggml_pad_ext(ctx, new(F32, 4, 3), -1, -1, 0, 0, 0, 0, 0, 0))\n'
-         'CHECK = [round(x, 3) for x in read(t)]', expect=[0.1, 0.2, 0.5, 0.6, 0.9, 1.0],
-         reason='gadget_check_ggml_pad_ext rejects any negative padding; GGML crops'),
-    Case('flash_attn_v_fewer_heads_than_k',
-         't = compute(G.ggml_flash_attn_ext(ctx, new(F32, 8, 3, 4), new(F16, 8, 5, 2), new(F16, 8, 5, 1), '
-         'ffi.NULL, 1.0, 0.0, 0.0))\nCHECK = list(t.ne)', expect=[8, 4, 3, 1],
-         reason='the check demands v->ne[2] == k->ne[2]; the CPU kernel broadcasts V heads on their own '
-                '(iv2 = iq2 / (neq2 / nev2)), so q heads % v heads == 0 is what it needs'),
-    Case('new_buffer_exact_fit',
-         'obj = lib.ggml_tensor_overhead() - ffi.sizeof("struct ggml_tensor")  # GGML_OBJECT_SIZE\n'
-         'CHECK = G.ggml_new_buffer(make_ctx(256 + obj), 256) != ffi.NULL', expect=True,
-         reason='gadget_check_ggml_new_buffer asks for nbytes + GGML_MEM_ALIGN + object header; GGML needs '
-                'GGML_PAD(nbytes, GGML_MEM_ALIGN) + object header, so an aligned buffer that exactly fits is '
-                'refused'),
-]
+REJECTED_BUT_VALID: list[Case] = []
 
 # --------------------------------------------------------------------------------------------
 # Not checked while building. Expected (once the op layer validates them): a ValueError at build
@@ -787,9 +780,6 @@ KNOWN_UNCHECKED = [
       f'ffi.new("int[4]", [2, 1, 1, 0]), 8, 0, {ROPE})'),
     U('win_unpart_w_0', 'builds; SIGFPE at compute (divides by w); ggml_win_unpart has no pre-check',
       'OUT = G.ggml_win_unpart(ctx, new(F32, 4, 4, 4), 2, 2, 0)'),
-    U('view_2d_rows_overflow', 'builds; SIGSEGV at compute: ne1 = 2**60 + 1 rows of 16 bytes wrap size_t '
-      'to 16, both in GGML\'s bound and in gadget_view_fits ((ne1 - 1) * nb1 overflows)',
-      'OUT = G.ggml_sum(ctx, G.ggml_view_2d(ctx, new(F32, 4, 3), 4, (1 << 60) + 1, 16, 0))'),
 ]
 
 
@@ -1001,12 +991,9 @@ def test_genuine_segfault_outside_a_guarded_call_still_kills(server: _CaseServer
     assert res['stage'] == 'build' and res['error'] is None, res
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'gadget_on_fault, outside a guarded call with SIG_DFL as the previous action, restores SIG_DFL and '
-    'returns: a real fault recurs and kills, but a SIGSEGV sent with kill()/raise() does not recur, so it '
-    'is swallowed, and gadget\'s handler stays uninstalled (the next recoverable fault kills the process); '
-    'it should re-raise the signal after restoring the previous action'))
 def test_sigsegv_sent_with_kill_still_kills(server: _CaseServer) -> None:
+    """A SIGSEGV sent with kill() outside a guarded call does not recur on return, so gadget's handler
+    must re-raise it after restoring the previous action instead of swallowing it."""
     code = 'import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\nCHECK = "survived"\n'
     res = server.run(Case('kill_sigsegv', code), timeout=20)
     assert res['returncode'] == -signal.SIGSEGV, res

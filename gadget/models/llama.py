@@ -234,8 +234,9 @@ class LlamaModel(GgmlModel):
         """The last call's scaled, masked pre-softmax attention scores of ``layer`` (numpy
         ``(n_head, n_tokens, n_window)``), which must have been built unfused:
         ``model.unfused_attention = (layer,)`` before the call."""
-        layer = layer % self.params['n_layer']
-        if layer not in set(self.state['unfused_attention']):
+        n_layer = self.params['n_layer']
+        layer = layer % n_layer
+        if layer not in {il % n_layer for il in self.state['unfused_attention']}:
             raise ValueError(f'layer {layer} attention is fused: set model.unfused_attention = ({layer},) '
                              'before the call to read its scores')
         return self.get_named_node(f'attn{layer}_scores')
