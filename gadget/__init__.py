@@ -23,7 +23,8 @@ __version__ = '0.1.0'
 
 _LAZY = {
     'GgmlCompute': 'compute', 'GgmlModel': 'model', 'Parameter': 'model', 'Tensor': 'model',
-    'State': 'model', 'GgufFile': 'gguf',
+    'State': 'model', 'GgufFile': 'gguf', 'LlamaModel': 'models', 'TextGen': 'textgen',
+    'TextChat': 'textgen',
 }
 
 __all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError',

@@ -39,6 +39,77 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--model', '-m', help='GGUF file (default: SmolLM2-135M-Instruct Q4_1)')
+    parser.add_argument('--tokenizer', help='Hugging Face tokenizer id or folder (default: from the GGUF)')
+    parser.add_argument('--max-gen', '-n', type=int, default=128, help='tokens to generate at most')
+    parser.add_argument('--temperature', '-t', type=float, default=0.7, help='0 = greedy')
+    parser.add_argument('--top-k', type=int, default=0)
+    parser.add_argument('--top-p', type=float, default=1.0)
+    parser.add_argument('--min-p', type=float, default=0.0)
+    parser.add_argument('--repetition-penalty', type=float, default=1.0)
+    parser.add_argument('--seed', type=int, default=None)
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: all cores)')
+    parser.add_argument('--context', type=int, default=None, help='context length (KV cache size)')
+    parser.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
+
+
+def _sampling_args(args: argparse.Namespace) -> dict:
+    return dict(max_gen=args.max_gen, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = dict(backend=args.backend, n_threads=args.threads)
+    if args.context:
+        kwargs['context_length'] = args.context
+    return kwargs
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .textgen import TextGen
+
+    with TextGen(args.model, args.tokenizer, **_model_kwargs(args)) as gen:
+        print(args.prompt, end='', flush=True)
+        for chunk in gen.stream(args.prompt, stop=args.stop or (), **_sampling_args(args)):
+            print(chunk, end='', flush=True)
+        print()
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .textgen import TextChat
+
+    with TextChat(args.model, args.tokenizer, system=args.system, **_model_kwargs(args)) as chat:
+        prompts = [args.message] if args.message else None
+        while True:
+            if prompts is not None:
+                if not prompts:
+                    return 0
+                text = prompts.pop(0)
+            else:
+                try:
+                    text = input('> ')
+                except EOFError:
+                    print()
+                    return 0
+                if text.strip() in ('/exit', '/quit'):
+                    return 0
+                if text.strip() == '/reset':
+                    chat.reset()
+                    continue
+            for chunk in chat.stream_chat(text, **_sampling_args(args)):
+                print(chunk, end='', flush=True)
+            print()
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert_llama
+
+    convert_llama(args.source, args.output, args.outtype, progress=not args.quiet)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='gadget', description='Build and run GGML models.')
     commands = parser.add_subparsers(dest='command', required=True)
@@ -47,6 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument('file', help='path of a .gguf file')
     inspect.add_argument('--items', type=int, default=8, help='array items shown before abbreviating')
     inspect.set_defaults(run=_inspect)
+    generate = commands.add_parser('generate', help='continue a prompt with a language model')
+    generate.add_argument('prompt')
+    generate.add_argument('--stop', action='append', help='stop string (repeatable)')
+    _add_model_args(generate)
+    generate.set_defaults(run=_generate)
+    chat = commands.add_parser('chat', help='chat with a model (interactive, or one --message)')
+    chat.add_argument('--system', help='system prompt')
+    chat.add_argument('--message', help='one message, then exit')
+    _add_model_args(chat)
+    chat.set_defaults(run=_chat, max_gen=512)
+    convert = commands.add_parser('convert', help='Hugging Face Llama checkpoint -> GGUF')
+    convert.add_argument('source', help='folder with config.json, *.safetensors and the tokenizer')
+    convert.add_argument('output', help='GGUF file to write')
+    convert.add_argument('--outtype', default='F16', choices=['F32', 'F16', 'BF16', 'Q8_0'])
+    convert.add_argument('--quiet', action='store_true', help='no progress bar')
+    convert.set_defaults(run=_convert)
     args = parser.parse_args(argv)
     return args.run(args)
 

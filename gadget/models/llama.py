@@ -10,6 +10,7 @@ tokens. Shapes in comments are in ggml order.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,7 @@ class LlamaModel(GgmlModel):
             n_rot=int(p['n_rot']), mode=0, n_ctx_orig=int(p['n_ctx_orig']), freq_base=float(p['rope_base']),
             freq_scale=1.0 / factor if p['rope_scaling'] == 'linear' and factor > 0 else 1.0)
         self.n_past = 0
+        self.compute_seconds = 0.0
         self._logits = None
         self.state['n_window'] = min(KV_STEP, int(p['context_length']))
 
@@ -216,7 +218,9 @@ class LlamaModel(GgmlModel):
         self._write('kv_index', positions.astype(np.int64))
         self._write('out_index', out_index)
         self._write('mask', mask)
+        started = time.perf_counter()
         status = lib.ggml_backend_graph_compute(self.backend.handle, self.graph)
+        self.compute_seconds += time.perf_counter() - started   # for profiling Python overhead
         if status != lib.GGML_STATUS_SUCCESS:
             raise GadgetError(f'graph compute failed: status {status}')
         self.n_past = n_past + n
