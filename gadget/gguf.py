@@ -96,6 +96,15 @@ class _Cursor:
         self.pos += n
         return value
 
+    def text(self, what: str) -> str:
+        """A GGUF string that must be valid UTF-8 (keys and tensor names)."""
+        start = self.pos
+        raw = self.string(what)
+        try:
+            return raw.decode('utf-8')
+        except UnicodeDecodeError:
+            raise self.fail(f'{what} is not valid UTF-8: {raw[:40]!r}', start) from None
+
     def skip_value(self, vtype: int, what: str, depth: int = 0) -> None:
         """Move past one value of GGUF type ``vtype``, validating lengths, without decoding it."""
         if vtype in _SIZE:
@@ -313,11 +322,7 @@ class GgufFile:
 
         for i in range(n_kv):
             at = cur.pos
-            key_raw = cur.string(f'key of metadata entry {i}')
-            try:
-                key = key_raw.decode('utf-8')
-            except UnicodeDecodeError:
-                raise cur.fail(f'metadata key {i} is not valid UTF-8: {key_raw[:40]!r}', at) from None
+            key = cur.text(f'key of metadata entry {i}')
             if key in self._fields:
                 raise cur.fail(f'duplicate metadata key {key!r}', at)
             vtype = cur.u32(f'type of {key!r}')
@@ -335,11 +340,7 @@ class GgufFile:
         infos = []
         for i in range(n_tensors):
             at = cur.pos
-            raw = cur.string(f'name of tensor {i}')
-            try:
-                name = raw.decode('utf-8')
-            except UnicodeDecodeError:
-                raise cur.fail(f'tensor {i} name is not valid UTF-8: {raw[:40]!r}', at) from None
+            name = cur.text(f'name of tensor {i}')
             n_dims = cur.u32(f'dimension count of {name!r}')
             if not 1 <= n_dims <= _MAX_DIMS:
                 raise cur.fail(f'tensor {name!r} has {n_dims} dimensions; GGML supports 1 to {_MAX_DIMS}',

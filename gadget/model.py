@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, MutableMapping
+from typing import Any, Iterable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 
@@ -300,14 +300,7 @@ class GgmlModel(GgmlCompute):
             raise KeyError(f'{cls.__name__}: no tensors {sorted(unknown)}; declared tensors: '
                            f'{", ".join(declared) or "(none)"}')
         model = cls(params, states, values=values, **compute)
-        try:
-            for name, array in values.items():
-                model.set_input(name, array)
-            model.rebuild_graph()
-        except BaseException:
-            model.close()
-            raise
-        return model
+        return model._filled(values.items())
 
     @classmethod
     def from_gguf(cls, gguf: GgufFile, **kwargs: Any) -> 'GgmlModel':
@@ -319,18 +312,22 @@ class GgmlModel(GgmlCompute):
         """
         given, states, compute = cls._split_kwargs(dict(kwargs))
         params = cls._resolve_params(given, gguf)
-        model = cls.__new__(cls)
         mapped = _mappable(cls, gguf, params, compute)
+        model = cls(params, states, gguf=gguf, mapped=mapped, **compute)
+        in_place = mapped['file'].tensors if mapped else {}
+        copied = [n for n in model.tensors if n in gguf.tensors and n not in in_place]
+        return model._filled((name, gguf.get_tensor(name)) for name in copied)
+
+    def _filled(self, values: Iterable[tuple[str, Any]]) -> 'GgmlModel':
+        """Set ``values`` into the new model and build its graph; close it on any failure."""
         try:
-            cls.__init__(model, params, states, gguf=gguf, mapped=mapped, **compute)
-            copied = [n for n in model.tensors if n in gguf.tensors and n not in mapped.get('file', _Mapped()).tensors]
-            for name in copied:
-                model.set_input(name, gguf.get_tensor(name))
-            model.rebuild_graph()
+            for name, array in values:
+                self.set_input(name, array)
+            self.rebuild_graph()
         except BaseException:
-            model.close()
+            self.close()
             raise
-        return model
+        return self
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: Any) -> 'GgmlModel':
