@@ -52,7 +52,8 @@ class Rope:
 
 
 def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v: Any, kv_index: Any,
-                     mask: Any, n_kv: int, scale: float, name: str, fused: bool = True) -> Any:
+                     mask: Any, n_kv: int, scale: float, name: str, fused: bool = True,
+                     scores: bool = False) -> Any:
     """Attention of new tokens over a KV cache, writing their keys and values into it first.
 
     Arguments:
@@ -61,8 +62,11 @@ def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v:
             receive this step's keys and values.
         mask: F16 (n_kv, n_tokens), 0 where a query may attend, -inf elsewhere.
         n_kv: how many cache rows to attend over (the first ``n_kv``).
-        fused: GGML's flash attention; ``False`` builds it from matmul + softmax and names the
-            scaled, masked pre-softmax scores ``{name}_scores`` (heads last: (n_kv, n_tokens, n_head)).
+        fused: GGML's flash attention (``ggml_flash_attn_ext``); ``False``: matmul, softmax, matmul
+            (llama.cpp's path without flash attention, with the same numerics).
+        scores: (unfused only) make the scaled, masked pre-softmax scores a node of their own,
+            ``{name}_scores`` ((n_kv, n_tokens, n_head)), instead of folding scale and mask into
+            the softmax.
 
     Returns (head_dim * n_head, n_tokens).
     """
@@ -86,10 +90,15 @@ def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v:
         G.ggml_flash_attn_ext_set_prec(out, G.GGML_PREC_F32)
         return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)    # out: (head_dim, n_head, n_tokens)
     kq = G.ggml_mul_mat(ctx, keys, queries, name=f'{name}_kq')               # (n_kv, n_tokens, n_head)
-    scores = G.ggml_add(ctx, G.ggml_scale(ctx, kq, scale), G.ggml_cast(ctx, mask, G.GGML_TYPE_F32),
-                        name=f'{name}_scores')
-    probs = G.ggml_soft_max(ctx, scores, name=f'{name}_probs')
-    v_t = G.ggml_cont(ctx, G.ggml_transpose(ctx, G.ggml_cast(ctx, values, G.GGML_TYPE_F32)))  # (n_kv, head_dim, n_head_kv)
+    if scores:
+        masked = G.ggml_add(ctx, G.ggml_scale(ctx, kq, scale), G.ggml_cast(ctx, mask, G.GGML_TYPE_F32),
+                            name=f'{name}_scores')
+        probs = G.ggml_soft_max(ctx, masked, name=f'{name}_probs')
+    else:
+        probs = G.ggml_soft_max_ext(ctx, kq, mask, scale, 0.0, name=f'{name}_probs')
+    # V transposed in the cache's type, as llama.cpp's unfused path keeps it: the product then
+    # rounds the probabilities as llama.cpp does, and the two agree token for token.
+    v_t = G.ggml_cont(ctx, G.ggml_transpose(ctx, values))                   # (n_kv, head_dim, n_head_kv)
     out = G.ggml_mul_mat(ctx, v_t, probs)                                    # (head_dim, n_tokens, n_head)
     out = G.ggml_cont(ctx, G.ggml_permute(ctx, out, 0, 2, 1, 3))             # (head_dim, n_head, n_tokens)
     return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)

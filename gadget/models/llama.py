@@ -36,7 +36,9 @@ class LlamaModel(GgmlModel):
 
     Parameters (from the GGUF file unless given): ``context_length`` (KV cache rows; default the
     model's, capped at 4096), ``batch_size`` (tokens per graph; longer prompts are chunked; default
-    512), ``kv_type`` (``'F16'``; ``'F32'`` for exact comparisons).
+    512), ``kv_type`` (``'F16'``; ``'F32'`` for exact comparisons), ``flash_attn`` (default True:
+    GGML's fused attention, as llama.cpp with flash attention on; False: matmul + softmax, as
+    llama.cpp without it; each gives the same tokens as its llama.cpp counterpart).
 
     Call it with token ids: ``logits = model(tokens)`` returns the logits of the last position
     (numpy ``(n_vocab,)``), or of every new position with ``all_logits=True`` (``(n, n_vocab)``).
@@ -61,6 +63,7 @@ class LlamaModel(GgmlModel):
     context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT))
     batch_size: Parameter(lambda p: min(512, int(p['context_length'])))
     kv_type: Parameter('F16')
+    flash_attn: Parameter(True)   # False: llama.cpp's attention without flash attention
     n_q: Parameter(lambda p: p['n_head'] * p['head_dim'])
     n_kv: Parameter(lambda p: p['n_head_kv'] * p['head_dim'])
     n_rot_half: Parameter(lambda p: p['n_rot'] // 2)
@@ -138,7 +141,8 @@ class LlamaModel(GgmlModel):
             k = self.rope(ctx, k, positions, freq_factors, name=f'k_rope{il}')
             attn = cached_attention(ctx, q, k, v, cache_k=T[f'cache_k.{il}'], cache_v=T[f'cache_v.{il}'],
                                     kv_index=kv_index, mask=mask, n_kv=n_window, scale=scale,
-                                    name=f'attn{il}', fused=il not in unfused)       # (n_q, n_tokens)
+                                    name=f'attn{il}', fused=p['flash_attn'] and il not in unfused,
+                                    scores=il in unfused)                               # (n_q, n_tokens)
             attn = G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_output.weight'], attn, name=f'attn_out{il}')
             if il == n_layer - 1 and n_outputs < n_tokens:
                 # Only the output positions go through the last feed-forward block and the head.
