@@ -307,12 +307,14 @@ class GgmlModel(GgmlCompute):
         """A model whose parameters and weights come from an open :class:`GgufFile`.
 
         Tensors found in the file by name are loaded: without a copy on a host backend (mapped from
-        the file) when their type and shape match the declaration, else copied once. The file must
-        stay open as long as the model lives (the model keeps a reference to it).
+        the file) when their type and shape match the declaration, else copied once
+        (``use_mmap=False`` copies them all into the backend's own buffer). The file must stay
+        open as long as the model lives (the model keeps a reference to it).
         """
         given, states, compute = cls._split_kwargs(dict(kwargs))
+        use_mmap = given.pop('use_mmap', True)
         params = cls._resolve_params(given, gguf)
-        mapped = _mappable(cls, gguf, params, compute)
+        mapped = _mappable(cls, gguf, params, compute) if use_mmap else {}
         model = cls(params, states, gguf=gguf, mapped=mapped, **compute)
         in_place = mapped['file'].tensors if mapped else {}
         copied = [n for n in model.tensors if n in gguf.tensors and n not in in_place]
