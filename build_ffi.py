@@ -54,6 +54,9 @@ GUARDED_HEADERS = {'ggml.h'}
 #: Never guarded: they cannot return (ggml_abort), install the hooks themselves, or take varargs.
 UNGUARDED = {'ggml_abort', 'ggml_set_abort_callback', 'ggml_log_set', 'ggml_log_get'}
 
+#: File names of the GGML libraries as setup.py builds them (renamed: see setup.LIBRARY_PREFIX).
+LIBRARY_GLOB = 'libgadget-ggml'
+
 #: Types cffi knows natively; declared here only so pycparser can parse the preprocessed text.
 _KNOWN_TYPES = ['bool', 'size_t', 'ssize_t', 'FILE', 'va_list', 'intptr_t', 'uintptr_t'] + [
     f'{u}int{n}_t' for u in ('', 'u') for n in (8, 16, 32, 64)
@@ -158,7 +161,7 @@ static const char *gadget_take_error(void) {
 static int gadget_error_pending(void) {
     return gadget_failed;
 }
-'''
+'''  # noqa: E501 (C text, kept verbatim)
 
 _CDEF_HELPERS = '''
 static void gadget_install_abort_guard(void);
@@ -326,16 +329,19 @@ def _guard_source(fn: Function, checked: bool = False) -> str:
     check = f"gadget_check_{fn.name}({', '.join(names)})" if checked else ''
     result_decl = _declare(fn.decl.type.type, 'result')
     if fn.returns == 'void':
-        body = (f'    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
+        body = ('    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
                 + (f'    if (!{check}) return;\n' if check else '')
                 + f'    if (setjmp(here)) {{ gadget_jmp = outer; return; }}\n'
                 f'    gadget_jmp = &here;\n    {call};\n    gadget_jmp = outer;\n')
     else:
         body = (f'    {result_decl};\n'
                 f'    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
-                + (f'    if (!{check}) {{ memset(&result, 0, sizeof result); return result; }}\n' if check else '')
-                + f'    if (setjmp(here)) {{ gadget_jmp = outer; memset(&result, 0, sizeof result); return result; }}\n'
-                f'    gadget_jmp = &here;\n    result = {call};\n    gadget_jmp = outer;\n    return result;\n')
+                + (f'    if (!{check}) {{ memset(&result, 0, sizeof result); return result; }}\n'
+                   if check else '')
+                + f'    if (setjmp(here)) {{ gadget_jmp = outer; '
+                f'memset(&result, 0, sizeof result); return result; }}\n'
+                f'    gadget_jmp = &here;\n    result = {call};\n'
+                f'    gadget_jmp = outer;\n    return result;\n')
     return f'{head}\n{{\n{body}}}\n'
 
 
@@ -450,9 +456,9 @@ def _c_string(text: str) -> str:
 def generate(include_dir: Path, lib_dir: Path, cuda: bool | None = None) -> Binding:
     include_dir, lib_dir = Path(include_dir), Path(lib_dir)
     if cuda is None:
-        cuda = any(lib_dir.glob('libggml-cuda.so*'))
+        cuda = any(lib_dir.glob(f'{LIBRARY_GLOB}-cuda.so*'))
     headers = HEADERS + (CUDA_HEADERS if cuda else [])
-    libraries = sorted(p for p in lib_dir.glob('libggml*.so') if p.is_file())
+    libraries = sorted(p for p in lib_dir.glob(f'{LIBRARY_GLOB}*.so') if p.is_file())
     if not libraries:
         raise RuntimeError(f'no GGML libraries in {lib_dir}')
     binding = collect(preprocess(include_dir, headers), exported_symbols(libraries), GUARDED_HEADERS)
@@ -462,7 +468,7 @@ def generate(include_dir: Path, lib_dir: Path, cuda: bool | None = None) -> Bind
 
 def library_names(lib_dir: Path) -> list[str]:
     """Linker names (``ggml``, ``ggml-base``, ...) of the GGML libraries in ``lib_dir``."""
-    names = sorted({p.name[3:].split('.so')[0] for p in Path(lib_dir).glob('libggml*.so')})
+    names = sorted({p.name[3:].split('.so')[0] for p in Path(lib_dir).glob(f'{LIBRARY_GLOB}*.so')})
     return names
 
 
@@ -470,7 +476,7 @@ def make_ffibuilder(include_dir: Path, lib_dir: Path, cuda: bool | None = None) 
     """The configured ``cffi.FFI`` for ``gadget._ggml``, linked against the libraries in ``lib_dir``."""
     binding = generate(include_dir, lib_dir, cuda)
     headers = HEADERS + (CUDA_HEADERS if (cuda if cuda is not None else
-                                          any(Path(lib_dir).glob('libggml-cuda.so*'))) else [])
+                                          any(Path(lib_dir).glob(f'{LIBRARY_GLOB}-cuda.so*'))) else [])
     ffi = cffi.FFI()
     ffi.cdef(binding.cdef)
     ffi.cdef(''.join(f'#define {name} ...\n' for name in binding.constants))
@@ -478,7 +484,8 @@ def make_ffibuilder(include_dir: Path, lib_dir: Path, cuda: bool | None = None) 
     ffi.cdef(_CDEF_HELPERS)
     includes = ''.join(f'#include "{h}"\n' for h in headers)
     source = (includes + _C_HELPERS + f'#include "{CHECKS_HEADER.name}"\n' + binding.source
-              + f'\nstatic const char *gadget_api(void) {{\n    return {_c_string(api_table(binding))};\n}}\n')
+              + f'\nstatic const char *gadget_api(void) {{\n'
+              f'    return {_c_string(api_table(binding))};\n}}\n')
     ffi.set_source(
         'gadget._ggml', source,
         include_dirs=[str(include_dir), str(CHECKS_HEADER.parent)],

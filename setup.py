@@ -66,6 +66,32 @@ def find_cmake() -> str:
         return found
 
 
+# GGML's libraries get gadget's own names (libgadget-ggml-base.so.0, ...). Under GGML's names
+# (libggml-base.so.0, the SONAMEs llama-cpp-python and others ship too) the dynamic loader would
+# hand gadget whichever GGML a process loaded first, of another version and ABI.
+LIBRARY_PREFIX = 'gadget-'
+_WRAPPER = """cmake_minimum_required(VERSION 3.14)
+project(gadget_ggml C CXX)
+add_subdirectory("{source}" ggml)
+foreach(target ggml ggml-base ggml-cpu ggml-rpc ggml-cuda)
+    if(TARGET ${{target}})
+        set_target_properties(${{target}} PROPERTIES OUTPUT_NAME "{prefix}${{target}}")
+    endif()
+endforeach()
+"""
+
+
+def _wrapper_project(source: Path) -> Path:
+    """A CMake project that builds GGML under gadget's library names."""
+    folder = ROOT / 'build' / 'ggml-wrapper'
+    folder.mkdir(parents=True, exist_ok=True)
+    text = _WRAPPER.format(source=source.as_posix(), prefix=LIBRARY_PREFIX)
+    path = folder / 'CMakeLists.txt'
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return folder
+
+
 def build_ggml() -> tuple[Path, Path, bool]:
     """Fetch and build GGML; return (include dir, lib dir, cuda)."""
     sys.path.insert(0, str(ROOT / 'vendor'))
@@ -73,14 +99,15 @@ def build_ggml() -> tuple[Path, Path, bool]:
 
     source = fetch()
     args = cmake_args()
-    key = hashlib.sha256('\n'.join([pin_key(load_pin()), *args]).encode()).hexdigest()[:12]
+    wrapper = _wrapper_project(source)
+    key = hashlib.sha256('\n'.join([pin_key(load_pin()), LIBRARY_PREFIX, *args]).encode()).hexdigest()[:12]
     build_dir = ROOT / 'build' / f'ggml-{key}'
     prefix = build_dir / 'install'
     cmake = find_cmake()
     jobs = os.environ.get('CMAKE_BUILD_PARALLEL_LEVEL') or str(os.cpu_count() or 2)
     # Configure every time: it takes seconds on an existing cache, and it re-points the build at
     # this run's cmake (pip's isolated build environment, and so its cmake, is new every install).
-    subprocess.run([cmake, '-S', str(source), '-B', str(build_dir),
+    subprocess.run([cmake, '-S', str(wrapper), '-B', str(build_dir),
                     f'-DCMAKE_INSTALL_PREFIX={prefix}', '-DCMAKE_INSTALL_LIBDIR=lib', *args],
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([cmake, '--build', str(build_dir), '--parallel', jobs], check=True)
@@ -108,7 +135,9 @@ class BuildGadget(build_ext):
         # Ship the GGML libraries (real files under their SONAMEs) next to the extension.
         target = Path(self.get_ext_fullpath('gadget._ggml')).parent / 'lib'
         target.mkdir(parents=True, exist_ok=True)
-        for lib in lib_dir.glob('libggml*.so*'):
+        for stale in target.glob('*.so*'):   # libraries of an earlier build (other names or options)
+            stale.unlink()
+        for lib in lib_dir.glob(f'lib{LIBRARY_PREFIX}ggml*.so*'):
             if lib.is_symlink() or lib.name.endswith('.so'):
                 continue
             soname = subprocess.run(['objdump', '-p', str(lib)], capture_output=True, text=True).stdout

@@ -54,7 +54,8 @@ def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int) -> dict[s
             'python_ms_per_token': python_ms}
 
 
-def run_llama_cpp(path: str, tokens: list[int], n_gen: int, threads: int, flash_attn: bool) -> dict[str, float]:
+def run_llama_cpp(path: str, tokens: list[int], n_gen: int, threads: int,
+                  flash_attn: bool) -> dict[str, float]:
     from llama_cpp import Llama
     start = time.perf_counter()
     llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads,
@@ -88,8 +89,10 @@ def main() -> None:
     tokens = prompt_tokens(path, args.prompt)
     try:
         import llama_cpp
-        peers = {f'llama-cpp-python {llama_cpp.__version__}': lambda: run_llama_cpp(path, tokens, args.gen, args.threads, False),
-                 f'llama-cpp-python {llama_cpp.__version__} flash_attn': lambda: run_llama_cpp(path, tokens, args.gen, args.threads, True)}
+        peers = {f'llama-cpp-python {llama_cpp.__version__}':
+                     lambda: run_llama_cpp(path, tokens, args.gen, args.threads, False),
+                 f'llama-cpp-python {llama_cpp.__version__} flash_attn':
+                     lambda: run_llama_cpp(path, tokens, args.gen, args.threads, True)}
     except ImportError:
         peers = {}
         print('llama-cpp-python is not installed: gadget only')
@@ -99,8 +102,8 @@ def main() -> None:
         runs['gadget'].append(run_gadget(path, tokens, args.gen, args.threads))
         for name, fn in peers.items():
             runs[name].append(fn())
-    print(f'{os.path.basename(path)}, {args.threads} threads, prompt {args.prompt} tokens, {args.gen} decoded '
-          f'tokens, median of {args.repeats}')
+    print(f'{os.path.basename(path)}, {args.threads} threads, prompt {args.prompt} tokens, '
+          f'{args.gen} decoded tokens, median of {args.repeats}')
     print(f'  {"":<38} {"load s":>8} {"prefill tok/s":>14} {"decode tok/s":>13} {"python ms/tok":>14}')
     medians = {}
     for name, results in runs.items():
@@ -111,7 +114,8 @@ def main() -> None:
     for name in peers:
         g, p = medians['gadget'], medians[name]
         print(f'  gadget / {name}: prefill {g["prefill_tps"] / p["prefill_tps"]:.2f}x, '
-              f'decode {g["decode_tps"] / p["decode_tps"]:.2f}x, load {p["load_s"] / g["load_s"]:.2f}x faster')
+              f'decode {g["decode_tps"] / p["decode_tps"]:.2f}x, '
+              f'load {p["load_s"] / g["load_s"]:.2f}x faster')
 
 
 if __name__ == '__main__':

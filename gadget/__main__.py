@@ -113,7 +113,8 @@ def _convert(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='gadget', description='Build and run GGML models.')
     commands = parser.add_subparsers(dest='command', required=True)
-    commands.add_parser('info', help='versions, devices and CPU features of this build').set_defaults(run=_info)
+    commands.add_parser('info', help='versions, devices and CPU features of this build').set_defaults(
+        run=_info)
     inspect = commands.add_parser('inspect', help='print the fields and tensor table of a GGUF file')
     inspect.add_argument('file', help='path of a .gguf file')
     inspect.add_argument('--items', type=int, default=8, help='array items shown before abbreviating')

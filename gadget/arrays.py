@@ -202,7 +202,8 @@ def _set_from_device_torch(tensor: Any, array: Any, label: str, ndim: int | None
     src = array.detach()
     if src.dtype != target:
         if not (src.dtype == torch.float32 and target in (torch.float16, torch.bfloat16)):
-            raise TypeError(f'{label}: a {type_name(tensor.type)} tensor takes {target} data, got {src.dtype}')
+            raise TypeError(f'{label}: a {type_name(tensor.type)} tensor takes {target} data, '
+                            f'got {src.dtype}')
         src = src.to(target)
     src = src.contiguous()
     meta = np.empty(tuple(src.shape), dtype=np.uint8)   # shape check only, no data
@@ -214,7 +215,8 @@ def _set_from_device_torch(tensor: Any, array: Any, label: str, ndim: int | None
     return True
 
 
-def _prepare_shape_only(tensor: Any, meta: np.ndarray, label: str, ndim: int | None, offset: int | None) -> None:
+def _prepare_shape_only(tensor: Any, meta: np.ndarray, label: str, ndim: int | None,
+                        offset: int | None) -> None:
     full = numpy_shape(tensor, ndim if ndim is not None else 4)
     expected = full if offset is None else (meta.shape[0] if meta.ndim else 1,) + full[1:]
     if _strip_ones(tuple(meta.shape)) != _strip_ones(expected):

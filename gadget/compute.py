@@ -281,7 +281,8 @@ class GgmlCompute:
         graph = self._require_graph()
         node = lib.ggml_graph_get_tensor(graph, name.encode())
         if node == ffi.NULL:
-            raise KeyError(f'no node named {name!r}; named nodes: {", ".join(self.named_nodes()) or "(none)"}')
+            raise KeyError(f'no node named {name!r}; '
+                           f'named nodes: {", ".join(self.named_nodes()) or "(none)"}')
         if not node.flags & lib.GGML_TENSOR_FLAG_OUTPUT:
             self.keep.add(name)
             self.create_graph()

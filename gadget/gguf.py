@@ -503,7 +503,8 @@ class GgufFile:
             vtype = GgufType.UINT32   # the only type GGML's and gguf-py's readers accept here
         vtype, etype, value = _normalise(value, vtype, _as_gguf_type(element_type), name)
         if vtype == GgufType.ARRAY and _array_depth(value) > _MAX_DEPTH:
-            raise GgufError(f'field {name!r}: arrays nested deeper than {_MAX_DEPTH} levels cannot be read back')
+            raise GgufError(f'field {name!r}: arrays nested deeper than {_MAX_DEPTH} levels '
+                            'cannot be read back')
         self._fields[name] = _Field(type=vtype, element_type=etype, value=value, loaded=True)
 
     def remove_field(self, name: str) -> None:
@@ -523,7 +524,8 @@ class GgufFile:
         if not isinstance(name, str) or not name:
             raise GgufError(f'tensor names are non-empty strings, got {name!r}')
         if len(_encode_name(name, 'tensor')) >= lib.GGML_MAX_NAME:
-            raise GgufError(f'tensor name {name!r} is longer than GGML allows ({lib.GGML_MAX_NAME - 1} bytes)')
+            raise GgufError(f'tensor name {name!r} is longer than GGML allows '
+                            f'({lib.GGML_MAX_NAME - 1} bytes)')
         array = np.asarray(array)
         if array.ndim == 0:
             array = array.reshape(1)
@@ -717,9 +719,11 @@ def _normalise(value: Any, vtype: GgufType | None, etype: GgufType | None,
                 etype = _DTYPE_TO_GGUF[value.dtype]
             if etype not in _SCALAR:
                 raise GgufError(f'field {name!r}: a numpy array cannot hold {etype.name} elements')
-            return vtype, etype, np.ascontiguousarray(value, dtype=np.dtype(_SCALAR[etype][1]).newbyteorder('<'))
+            return vtype, etype, np.ascontiguousarray(
+                value, dtype=np.dtype(_SCALAR[etype][1]).newbyteorder('<'))
         if not isinstance(value, (list, tuple)):
-            raise GgufError(f'field {name!r}: ARRAY needs a list, tuple or numpy array, got {type(value).__name__}')
+            raise GgufError(f'field {name!r}: ARRAY needs a list, tuple or numpy array, '
+                            f'got {type(value).__name__}')
         items = list(value)
         if etype is None:
             kinds = {_infer(v, name) for v in items}
@@ -736,7 +740,8 @@ def _normalise(value: Any, vtype: GgufType | None, etype: GgufType | None,
             try:
                 return vtype, etype, np.array(items, dtype=np.dtype(_SCALAR[etype][1]).newbyteorder('<'))
             except (OverflowError, ValueError, TypeError) as exc:
-                raise GgufError(f'field {name!r}: cannot store {items[:5]}... as {etype.name}: {exc}') from None
+                raise GgufError(
+                    f'field {name!r}: cannot store {items[:5]}... as {etype.name}: {exc}') from None
         if etype == GgufType.STRING:
             for v in items:
                 if not isinstance(v, (str, bytes)):

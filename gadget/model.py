@@ -400,7 +400,8 @@ class _Mapped:
             self.tensors = {}
 
 
-def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any], compute: dict[str, Any]) -> dict[str, _Mapped]:
+def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any],
+              compute: dict[str, Any]) -> dict[str, _Mapped]:
     """Tensors that can point into the file's mapping (host backend, same type and shape, aligned)."""
     backend = compute.get('backend', 'cpu')
     if (getattr(backend, 'kind', backend) or 'cpu') != 'cpu' or gguf._map is None:

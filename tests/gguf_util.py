@@ -22,7 +22,8 @@ SCALAR_DTYPE = {UINT8: np.uint8, INT8: np.int8, UINT16: np.uint16, INT16: np.int
                 FLOAT64: np.float64}
 
 # GGML tensor types used by the tests.
-F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, I8, I16, I32, I64, F64, BF16 = 0, 1, 2, 3, 8, 12, 14, 24, 25, 26, 27, 28, 30
+F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, I8, I16, I32, I64, F64, BF16 = (
+    0, 1, 2, 3, 8, 12, 14, 24, 25, 26, 27, 28, 30)
 
 
 def smollm2_path() -> Path | None:
@@ -154,8 +155,9 @@ def c_read(path: str | Path) -> dict[str, Any]:
             elif vtype == STRING:
                 value = ffi.string(lib.gguf_get_val_str(ctx, k)).decode('utf-8', 'surrogateescape')
             else:
-                getter = {UINT8: lib.gguf_get_val_u8, INT8: lib.gguf_get_val_i8, UINT16: lib.gguf_get_val_u16,
-                          INT16: lib.gguf_get_val_i16, UINT32: lib.gguf_get_val_u32, INT32: lib.gguf_get_val_i32,
+                getter = {UINT8: lib.gguf_get_val_u8, INT8: lib.gguf_get_val_i8,
+                          UINT16: lib.gguf_get_val_u16, INT16: lib.gguf_get_val_i16,
+                          UINT32: lib.gguf_get_val_u32, INT32: lib.gguf_get_val_i32,
                           FLOAT32: lib.gguf_get_val_f32, BOOL: lib.gguf_get_val_bool,
                           UINT64: lib.gguf_get_val_u64, INT64: lib.gguf_get_val_i64,
                           FLOAT64: lib.gguf_get_val_f64}[vtype]

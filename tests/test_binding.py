@@ -41,8 +41,8 @@ FUNCTIONS: dict = API['functions']
 def _install_dirs() -> list[Path]:
     """``build/ggml-*/install`` trees that hold headers and libraries, newest first."""
     found = [d for d in (ROOT / 'build').glob('ggml-*/install')
-             if (d / 'include' / 'ggml.h').is_file() and any((d / 'lib').glob('libggml*.so'))]
-    return sorted(found, key=lambda d: max(p.stat().st_mtime for p in (d / 'lib').glob('libggml*.so')),
+             if (d / 'include' / 'ggml.h').is_file() and any((d / 'lib').glob('libgadget-ggml*.so'))]
+    return sorted(found, key=lambda d: max(p.stat().st_mtime for p in (d / 'lib').glob('libgadget-ggml*.so')),
                   reverse=True)
 
 

@@ -68,7 +68,24 @@ def test_libraries_are_found_without_ld_library_path():
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
     ext = Path(out.stdout.strip())
     ldd = subprocess.run(['ldd', str(ext)], capture_output=True, text=True, check=True).stdout
-    for name in ('libggml.so', 'libggml-base.so', 'libggml-cpu.so', 'libggml-rpc.so'):
+    for name in ('libgadget-ggml.so', 'libgadget-ggml-base.so', 'libgadget-ggml-cpu.so',
+                 'libgadget-ggml-rpc.so'):
         line = next(ln for ln in ldd.splitlines() if name in ln)
         assert str(ext.parent / 'lib') in line, line
     assert 'not found' not in ldd
+    # gadget's GGML never goes by GGML's own library names, which other packages ship too.
+    assert not any(ln.strip().startswith('libggml') for ln in ldd.splitlines())
+
+
+def test_coexists_with_another_ggml_in_the_process(tmp_path):
+    # A stand-in for llama-cpp-python & co: a library with GGML's SONAME, loaded first. gadget must
+    # still use its own GGML (a different version would have a different ABI).
+    fake = tmp_path / 'libggml-base.so.0'
+    src = tmp_path / 'fake.c'
+    src.write_text('const char *ggml_version(void) { return "not-gadget"; }\n')
+    subprocess.run(['cc', '-shared', '-fPIC', '-Wl,-soname,libggml-base.so.0', '-o', str(fake), str(src)],
+                   check=True)
+    code = ('import ctypes, sys; ctypes.CDLL(sys.argv[1]); '
+            'from gadget.ggml import ffi, lib; print(ffi.string(lib.ggml_version()).decode())')
+    out = subprocess.run([sys.executable, '-c', code, str(fake)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '0.20.2'

@@ -86,7 +86,8 @@ def test_guard_is_per_thread(ctx):
     errors: list[BaseException] = []
 
     def bad():
-        params = ffi.new('struct ggml_init_params *', dict(mem_size=1 << 16, mem_buffer=ffi.NULL, no_alloc=True))
+        params = ffi.new('struct ggml_init_params *',
+                         dict(mem_size=1 << 16, mem_buffer=ffi.NULL, no_alloc=True))
         own = G.ggml_init(params[0])
         x = G.ggml_new_tensor_2d(own, G.GGML_TYPE_F32, 4, 3)
         y = G.ggml_new_tensor_2d(own, G.GGML_TYPE_F32, 5, 2)

@@ -56,7 +56,8 @@ def test_smollm2_fields_match_gguf_py(smol, smol_reader):
     assert smol.get_field_type('tokenizer.ggml.tokens') == GgufType.ARRAY
     assert smol.get_field_element_type('tokenizer.ggml.tokens') == GgufType.STRING
     assert smol.get_field('general.architecture') == 'llama'
-    assert smol.fields['llama.block_count'] == 30 and smol.get_field_type('llama.block_count') == GgufType.UINT32
+    assert (smol.fields['llama.block_count'] == 30
+            and smol.get_field_type('llama.block_count') == GgufType.UINT32)
 
 
 @needs_smollm2
@@ -263,7 +264,8 @@ def test_written_tensor_values(written):
             np.testing.assert_array_equal(back.get_tensor(name), sources[name])
             assert back.get_tensor(name).dtype == sources[name].dtype
         np.testing.assert_array_equal(back.get_tensor('to_f16'), sources['to_f16'].astype(np.float16))
-        np.testing.assert_array_equal(back.get_tensor('to_bf16'), sources['to_bf16'].astype(ml_dtypes.bfloat16))
+        np.testing.assert_array_equal(back.get_tensor('to_bf16'),
+                                      sources['to_bf16'].astype(ml_dtypes.bfloat16))
         np.testing.assert_array_equal(back.get_tensor('to_f32'), sources['to_f32'].astype(np.float32))
         np.testing.assert_array_equal(back.get_tensor('raw_q4_1'), sources['raw_q4_1'])
         np.testing.assert_array_equal(back.get_tensor('raw_q8_0'), sources['raw_q8_0'])
@@ -462,7 +464,8 @@ def test_round_trip(tmp_path_factory, fields, tensors, alignment):
                 assert back.get_field(name) == value
             elif vtype == 'ARRAY' and etype != 'ARRAY':
                 assert U.canon(back.get_field(name)) == U.canon(
-                    np.asarray(value, dtype=U.SCALAR_DTYPE[getattr(U, etype)]) if etype != 'STRING' else value)
+                    np.asarray(value, dtype=U.SCALAR_DTYPE[getattr(U, etype)])
+                    if etype != 'STRING' else value)
         assert list(back.tensors) == list(tensors)
         for name, (array, ttype, tname) in tensors.items():
             t = back.tensors[name]

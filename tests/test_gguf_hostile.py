@@ -21,8 +21,8 @@ from gadget.ggml import GgmlType
 from gadget.gguf import GgufFile
 
 import gguf_util as U
-from gguf_util import (ARRAY, BOOL, F16, F32, FLOAT32, FLOAT64, INT32, INT64, Q4_0, Q4_K, STRING, UINT8, UINT32,
-                       UINT64, array, build, gstr, kv, scalar, tensor_info, u32, u64)
+from gguf_util import (ARRAY, BOOL, F16, F32, FLOAT32, FLOAT64, INT32, INT64, Q4_0, Q4_K, STRING, UINT8,
+                       UINT32, UINT64, array, build, gstr, kv, scalar, tensor_info, u32, u64)
 
 # --------------------------------------------------------------------------------------------
 # A small valid file, and what hostile variants of it must produce
@@ -131,20 +131,22 @@ CASES = {
     'strings array truncated': (_one_kv('k', ARRAY, u32(STRING) + u64(3) + gstr('okay1') + gstr('okay2')),
                                 'truncated', None),
     'unknown value type 13': (_one_kv('k', 13, b'\0' * 8), 'unknown value type 13', _value_at('k') - 4),
-    'unknown value type 2**32-1': (_one_kv('k', 2**32 - 1, b'\0' * 8), 'unknown value type', _value_at('k') - 4),
+    'unknown value type 2**32-1': (_one_kv('k', 2**32 - 1, b'\0' * 8), 'unknown value type',
+                                   _value_at('k') - 4),
     'unknown array element type': (_one_kv('k', ARRAY, u32(13) + u64(1) + b'\0' * 8),
                                    'unknown array element type 13', _value_at('k')),
     'unknown element type in nested array': (
         _one_kv('k', ARRAY, u32(ARRAY) + u64(1) + u32(99) + u64(0)), 'unknown array element type 99',
         _value_at('k') + 12),
-    'duplicate key': (build([ARCH, ARR, kv('a.arr', UINT8, b'\1')], []), 'duplicate metadata key', 24 + len(ARCH)
-                      + len(ARR)),
+    'duplicate key': (build([ARCH, ARR, kv('a.arr', UINT8, b'\1')], []), 'duplicate metadata key',
+                      24 + len(ARCH) + len(ARR)),
     # tensors
     'misaligned tensor offset': (build([ARCH], [tensor_info('w', (4,), F32, 4)], DATA + bytes(32)),
                                  'not a multiple of the alignment', 24 + len(ARCH)),
     'overlapping tensors': (build([ARCH], [tensor_info('a', (16,), F32, 0), tensor_info('b', (8,), F32, 32)],
                                   bytes(96)), 'overlap', None),
-    'tensors at the same offset': (build([ARCH], [tensor_info('a', (4,), F32, 0), tensor_info('b', (4,), F32, 0)],
+    'tensors at the same offset': (build([ARCH], [tensor_info('a', (4,), F32, 0),
+                                                  tensor_info('b', (4,), F32, 0)],
                                          bytes(32)), 'overlap', None),
     'tensor offset past the end': (build([ARCH], [tensor_info('w', (4,), F32, 2**40)], DATA), 'past the end',
                                    24 + len(ARCH)),
@@ -161,8 +163,8 @@ CASES = {
                                    'unknown or removed GGML type 5', 24 + len(ARCH)),
     'ggml type 31 (removed Q4_0_4_4)': (build([ARCH], [tensor_info('w', (32,), 31, 0)], bytes(64)),
                                         'unknown or removed GGML type 31', 24 + len(ARCH)),
-    'ggml type 1000': (build([ARCH], [tensor_info('w', (4,), 1000, 0)], DATA), 'unknown or removed GGML type 1000',
-                       24 + len(ARCH)),
+    'ggml type 1000': (build([ARCH], [tensor_info('w', (4,), 1000, 0)], DATA),
+                       'unknown or removed GGML type 1000', 24 + len(ARCH)),
     'ggml type COUNT': (build([ARCH], [tensor_info('w', (4,), int(GgmlType.COUNT), 0)], DATA),
                        'unknown or removed GGML type', 24 + len(ARCH)),
     'n_dims 0': (build([ARCH], [tensor_info('w', (), F32, 0)], DATA), '0 dimensions', 24 + len(ARCH) + 9),
@@ -183,27 +185,29 @@ CASES = {
                     24 + len(ARCH)),
     'byte size overflows': (build([ARCH], [tensor_info('w', (2**62,), F32, 0)], DATA), 'overflow',
                             24 + len(ARCH)),
-    'byte size overflows (Q8_0 row)': (build([ARCH], [tensor_info('w', (2**63 - 32,), 8, 0)], DATA), 'overflow',
-                                       24 + len(ARCH)),
+    'byte size overflows (Q8_0 row)': (build([ARCH], [tensor_info('w', (2**63 - 32,), 8, 0)], DATA),
+                                       'overflow', 24 + len(ARCH)),
     'empty tensor, other dims overflow': (build([ARCH], [tensor_info('w', (0, 2**40, 2**40), F32, 0)], DATA),
                                           'overflow', 24 + len(ARCH)),
-    'empty tensor, dims overflow past a zero': (build([ARCH], [tensor_info('w', (2**62, 2, 0), F32, 0)], DATA),
-                                                'overflow', 24 + len(ARCH)),
+    'empty tensor, dims overflow past a zero': (
+        build([ARCH], [tensor_info('w', (2**62, 2, 0), F32, 0)], DATA), 'overflow', 24 + len(ARCH)),
     'empty F16 tensor, too large once dequantized': (
         build([ARCH], [tensor_info('w', (0, 2**61), F16, 0)], DATA), 'overflow', 24 + len(ARCH)),
     'empty Q8_0 tensor, row bytes overflow': (build([ARCH], [tensor_info('w', (2**63 - 32, 0), 8, 0)], DATA),
                                               'overflow', 24 + len(ARCH)),
     # alignment
-    'alignment 0': (_one_kv('general.alignment', UINT32, u32(0)), 'power of two', _value_at('general.alignment')),
-    'alignment 3': (_one_kv('general.alignment', UINT32, u32(3)), 'power of two', _value_at('general.alignment')),
+    'alignment 0': (_one_kv('general.alignment', UINT32, u32(0)), 'power of two',
+                    _value_at('general.alignment')),
+    'alignment 3': (_one_kv('general.alignment', UINT32, u32(3)), 'power of two',
+                    _value_at('general.alignment')),
     'alignment 2**31': (_one_kv('general.alignment', UINT32, u32(2**31)), 'power of two',
                         _value_at('general.alignment')),
     'alignment -32': (_one_kv('general.alignment', INT32, struct.pack('<i', -32)), 'power of two',
                       _value_at('general.alignment')),
     'alignment string': (_one_kv('general.alignment', STRING, gstr('32')), 'must be an integer.*STRING',
                          _value_at('general.alignment')),
-    'alignment float': (_one_kv('general.alignment', FLOAT32, scalar(FLOAT32, 32.0)), 'must be an integer.*FLOAT32',
-                        _value_at('general.alignment')),
+    'alignment float': (_one_kv('general.alignment', FLOAT32, scalar(FLOAT32, 32.0)),
+                        'must be an integer.*FLOAT32', _value_at('general.alignment')),
     'alignment bool': (_one_kv('general.alignment', BOOL, b'\1'), 'must be an integer',
                        _value_at('general.alignment')),
     'alignment array': (_one_kv('general.alignment', ARRAY, array(UINT32, [u32(32)])), 'must be an integer',
@@ -248,8 +252,8 @@ def test_valid_oddities_are_accepted(tmp_path):
         build([ARCH], [], version=2),
         build([], []),
         build([kv('e', ARRAY, array(UINT8, b''))], []),
-        build([kv('general.alignment', UINT32, u32(1))], [tensor_info('a', (3,), 24, 0),
-                                                          tensor_info('b', (2,), 24, 3)], b'\1\2\3\4\5', alignment=1),
+        build([kv('general.alignment', UINT32, u32(1))],
+              [tensor_info('a', (3,), 24, 0), tensor_info('b', (2,), 24, 3)], b'\1\2\3\4\5', alignment=1),
         build([ARCH], [tensor_info('a', (4,), F32, 64), tensor_info('b', (4,), F32, 0)], bytes(80)),
         build([ARCH], [tensor_info('z', (0, 5), F32, 0)]),
         build([ARCH], [tensor_info('z', (0,), F32, 0), tensor_info('w', (4,), F32, 0)], DATA),
@@ -410,7 +414,8 @@ def _mutation(draw, kind: str, size: int, header_len: int):
             return ('bytes', draw(pos), draw(st.binary(min_size=1, max_size=8)))
         value = draw(st.sampled_from(_INTERESTING + [size, header_len]))
         width = draw(st.sampled_from([4, 8]))
-        return ('bytes', draw(pos), struct.pack('<Q', value)[:width] if value < 2**(8 * width) else b'\xff' * width)
+        return ('bytes', draw(pos),
+                struct.pack('<Q', value)[:width] if value < 2**(8 * width) else b'\xff' * width)
     if kind == 'truncate':
         return ('truncate', draw(st.one_of(st.integers(0, header_len), st.integers(0, size - 1))))
     if kind == 'insert':
@@ -454,7 +459,8 @@ def test_fuzz(base, tmp_path, kind):
             lambda k: _mutation(k, len(blob), header_len))
         ops = st.lists(op, min_size=2, max_size=5)
     else:
-        ops = st.lists(_mutation(kind, len(blob), header_len), min_size=1, max_size=1 if kind == 'truncate' else 3)
+        ops = st.lists(_mutation(kind, len(blob), header_len), min_size=1,
+                       max_size=1 if kind == 'truncate' else 3)
 
     @settings(max_examples=FUZZ_KINDS[kind], deadline=None, database=None)
     @given(ops=ops)

@@ -12,7 +12,8 @@ from gadget.ggml import ggml_mul_mat
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif('cuda:0' not in backends(),
-                       reason='no CUDA device in this build/machine (build with CMAKE_ARGS="-DGGML_CUDA=ON")'),
+                       reason='no CUDA device in this build/machine '
+                              '(build with CMAKE_ARGS="-DGGML_CUDA=ON")'),
 ]
 
 

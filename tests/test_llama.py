@@ -31,7 +31,8 @@ def _convert(tmp_path_factory, tok, name: str, **config):
 def pair(request, tmp_path_factory, tok):
     config = {
         'gqa': {},
-        'tied_head_dim': dict(tie_word_embeddings=True, head_dim=32, num_hidden_layers=2, n_vocab=len(tok) + 3),
+        'tied_head_dim': dict(tie_word_embeddings=True, head_dim=32, num_hidden_layers=2,
+                              n_vocab=len(tok) + 3),
         'llama3_rope': dict(rope_parameters=LLAMA3_ROPE, max_position_embeddings=512),
         'linear_rope': dict(rope_parameters={'rope_type': 'linear', 'factor': 2.0, 'rope_theta': 10000.0}),
     }[request.param]

@@ -63,7 +63,8 @@ def test_streaming_never_splits_a_utf8_character(gen, monkeypatch):
 
 
 def test_chat_turns_reuse_the_cache():
-    with TextChat(default_model_path(), system='You answer in one short sentence.', context_length=1024) as chat:
+    with TextChat(default_model_path(), system='You answer in one short sentence.',
+                  context_length=1024) as chat:
         evaluated = []
         original = chat.logits
 
@@ -143,6 +144,7 @@ def test_seeded_sampling_reproduces_and_follows_the_distribution():
 
 
 def test_sampling_parameters_are_validated():
-    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(min_p=2), dict(repetition_penalty=0)):
+    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(min_p=2),
+                dict(repetition_penalty=0)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)

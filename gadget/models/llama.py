@@ -116,7 +116,8 @@ class LlamaModel(GgmlModel):
 
     def forward(self) -> Any:
         ctx, p, T = self.ctx_graph, self.params, self.tensors
-        n_tokens, n_window, n_outputs = self.state['n_tokens'], self.state['n_window'], self.state['n_outputs']
+        n_tokens, n_window, n_outputs = (self.state['n_tokens'], self.state['n_window'],
+                                         self.state['n_outputs'])
         unfused = {il % p['n_layer'] for il in self.state['unfused_attention']}
         self.keep.update(f'attn{il}_scores' for il in unfused)
         n_layer, head_dim = p['n_layer'], p['head_dim']
@@ -131,10 +132,12 @@ class LlamaModel(GgmlModel):
         x = G.ggml_get_rows(ctx, T['token_embd.weight'], tokens, name='inp_embd')      # (n_embd, n_tokens)
         for il in range(n_layer):
             h = rms_norm(ctx, x, T[f'blk.{il}.attn_norm.weight'], p['norm_eps'], name=f'attn_norm{il}')
+            # (head_dim, n_head, n_tokens)
             q = G.ggml_reshape_3d(ctx, G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_q.weight'], h),
-                                  head_dim, p['n_head'], n_tokens)                      # (head_dim, n_head, n_tokens)
+                                  head_dim, p['n_head'], n_tokens)
+            # (head_dim, n_head_kv, n_tokens)
             k = G.ggml_reshape_3d(ctx, G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_k.weight'], h),
-                                  head_dim, p['n_head_kv'], n_tokens)                   # (head_dim, n_head_kv, n_tokens)
+                                  head_dim, p['n_head_kv'], n_tokens)
             v = G.ggml_reshape_3d(ctx, G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_v.weight'], h),
                                   head_dim, p['n_head_kv'], n_tokens)
             q = self.rope(ctx, q, positions, freq_factors, name=f'q_rope{il}')
@@ -150,7 +153,8 @@ class LlamaModel(GgmlModel):
                 x = G.ggml_get_rows(ctx, x, out_index)
             x = G.ggml_add(ctx, x, attn, name=f'attn_res{il}')
             h = rms_norm(ctx, x, T[f'blk.{il}.ffn_norm.weight'], p['norm_eps'], name=f'ffn_norm{il}')
-            ffn = swiglu_feed_forward(ctx, h, up=T[f'blk.{il}.ffn_up.weight'], gate=T[f'blk.{il}.ffn_gate.weight'],
+            ffn = swiglu_feed_forward(ctx, h, up=T[f'blk.{il}.ffn_up.weight'],
+                                      gate=T[f'blk.{il}.ffn_gate.weight'],
                                       down=T[f'blk.{il}.ffn_down.weight'], name=f'ffn{il}')
             x = G.ggml_add(ctx, x, ffn, name=f'l_out{il}')                          # (n_embd, n_tokens)
         x = rms_norm(ctx, x, T['output_norm.weight'], p['norm_eps'], name='result_norm')
