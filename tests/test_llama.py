@@ -44,42 +44,47 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def test_prompt_logits_match_transformers(pair, tok):
+@pytest.mark.parametrize('flash_attn', [True, False])
+def test_prompt_logits_match_transformers(pair, tok, flash_attn):
     hf, path = pair
     ids = tok(PROMPT)['input_ids']
     expected = hf_logits(hf, ids)
-    with LlamaModel.from_path(path, kv_type='F32', context_length=64) as model:
+    with LlamaModel.from_path(path, kv_type='F32', context_length=64, flash_attn=flash_attn) as model:
         got = model(ids, all_logits=True)
         np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
         model.reset()
         np.testing.assert_allclose(model(ids), expected[-1], atol=TOL, rtol=0)
 
 
-def test_incremental_logits_match_transformers(pair, tok):
+@pytest.mark.parametrize('flash_attn', [True, False])
+def test_incremental_logits_match_transformers(pair, tok, flash_attn):
     hf, path = pair
     ids = tok(PROMPT)['input_ids']
     expected = hf_logits(hf, ids)
-    with LlamaModel.from_path(path, kv_type='F32', context_length=64, batch_size=8) as model:
+    with LlamaModel.from_path(path, kv_type='F32', context_length=64, batch_size=8,
+                              flash_attn=flash_attn) as model:
         first = model(ids[:5], all_logits=True)
         rest = np.stack([model([t]) for t in ids[5:]])
     np.testing.assert_allclose(np.concatenate([first, rest]), expected, atol=TOL, rtol=0)
 
 
-def test_f16_cache_is_close(pair, tok):
+@pytest.mark.parametrize('flash_attn', [True, False])
+def test_f16_cache_is_close(pair, tok, flash_attn):
     hf, path = pair
     ids = tok(PROMPT)['input_ids']
     expected = hf_logits(hf, ids)
-    with LlamaModel.from_path(path, context_length=64) as model:      # default F16 KV cache
+    with LlamaModel.from_path(path, context_length=64, flash_attn=flash_attn) as model:   # F16 KV cache
         np.testing.assert_allclose(model(ids, all_logits=True), expected, atol=5e-2, rtol=0)
 
 
-def test_unfused_attention_scores_match_transformers_attention(tmp_path_factory, tok):
+@pytest.mark.parametrize('flash_attn', [True, False])
+def test_unfused_attention_scores_match_transformers_attention(tmp_path_factory, tok, flash_attn):
     hf, path = _convert(tmp_path_factory, tok, 'scores')
     ids = tok(PROMPT)['input_ids']
     hf.set_attn_implementation('eager')
     with torch.no_grad():
         out = hf(torch.tensor([ids]), output_attentions=True)
-    with LlamaModel.from_path(path, kv_type='F32', context_length=64) as model:
+    with LlamaModel.from_path(path, kv_type='F32', context_length=64, flash_attn=flash_attn) as model:
         fused = model(ids, all_logits=True)
         model.reset()
         model.unfused_attention = (-1,)

@@ -53,17 +53,21 @@ class Rope:
 
 def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v: Any, kv_index: Any,
                      mask: Any, n_kv: int, scale: float, name: str, fused: bool = True,
-                     scores: bool = False) -> Any:
+                     scores: bool = False, v_index: Any = None) -> Any:
     """Attention of new tokens over a KV cache, writing their keys and values into it first.
 
     Arguments:
         q: (head_dim, n_head, n_tokens) rotated queries; k, v: (head_dim, n_head_kv, n_tokens).
-        cache_k, cache_v: (head_dim * n_head_kv, n_ctx) caches; rows ``kv_index`` (I64, n_tokens)
-            receive this step's keys and values.
+        cache_k: (head_dim * n_head_kv, n_ctx); rows ``kv_index`` (I64, n_tokens) receive the keys.
+        cache_v: like ``cache_k``, or, with ``v_index``, transposed: (n_ctx, head_dim * n_head_kv),
+            written element by element at ``v_index`` (I64, n_tokens * head_dim * n_head_kv, the
+            flat positions ``d * n_ctx + position`` in the order of the transposed new values).
+            The transposed cache is what the unfused product needs, so no copy is made per step.
         mask: F16 (n_kv, n_tokens), 0 where a query may attend, -inf elsewhere.
         n_kv: how many cache rows to attend over (the first ``n_kv``).
-        fused: GGML's flash attention (``ggml_flash_attn_ext``); ``False``: matmul, softmax, matmul
-            (llama.cpp's path without flash attention, with the same numerics).
+        fused: GGML's flash attention (``ggml_flash_attn_ext``; needs the plain V cache);
+            ``False``: matmul, softmax, matmul (llama.cpp's path without flash attention, with the
+            same numerics).
         scores: (unfused only) make the scaled, masked pre-softmax scores a node of their own,
             ``{name}_scores`` ((n_kv, n_tokens, n_head)), instead of folding scale and mask into
             the softmax.
@@ -73,22 +77,35 @@ def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v:
     head_dim, n_head, n_tokens = q.ne[0], q.ne[1], q.ne[2]
     n_head_kv = k.ne[1]
     row = head_dim * n_head_kv
+    esize_k, esize_v = cache_k.nb[0], cache_v.nb[0]
     # Write, and attend through the written views, so the graph orders the writes first.
     k_all = G.ggml_set_rows(ctx, cache_k, G.ggml_reshape_2d(ctx, k, row, n_tokens), kv_index,
                             name=f'{name}_k_write')
-    v_all = G.ggml_set_rows(ctx, cache_v, G.ggml_reshape_2d(ctx, v, row, n_tokens), kv_index,
-                            name=f'{name}_v_write')
-    esize_k, esize_v = cache_k.nb[0], cache_v.nb[0]
-    # (head_dim, n_head_kv, n_kv) views of the first n_kv rows, permuted to (head_dim, n_kv, n_head_kv)
+    # (head_dim, n_head_kv, n_kv) view of the first n_kv rows, permuted to (head_dim, n_kv, n_head_kv)
     keys = G.ggml_permute(ctx, G.ggml_view_3d(ctx, k_all, head_dim, n_head_kv, n_kv, head_dim * esize_k,
                                               row * esize_k, 0), 0, 2, 1, 3)
-    values = G.ggml_permute(ctx, G.ggml_view_3d(ctx, v_all, head_dim, n_head_kv, n_kv, head_dim * esize_v,
-                                                row * esize_v, 0), 0, 2, 1, 3)
+    if v_index is None:
+        v_all = G.ggml_set_rows(ctx, cache_v, G.ggml_reshape_2d(ctx, v, row, n_tokens), kv_index,
+                                name=f'{name}_v_write')
+        values = G.ggml_permute(ctx, G.ggml_view_3d(ctx, v_all, head_dim, n_head_kv, n_kv,
+                                                    head_dim * esize_v, row * esize_v, 0), 0, 2, 1, 3)
+        # (n_kv, head_dim, n_head_kv) for the unfused product: a copy per step
+        values_t = None if fused else G.ggml_cont(ctx, G.ggml_transpose(ctx, values))
+    else:
+        n_ctx = cache_v.ne[0]
+        # (n_tokens, row): the new values transposed, in the order v_index addresses them
+        v_t = G.ggml_cont(ctx, G.ggml_transpose(ctx, G.ggml_reshape_2d(ctx, v, row, n_tokens)))
+        flat = G.ggml_view_2d(ctx, cache_v, 1, n_ctx * row, esize_v, 0)         # one element per "row"
+        written = G.ggml_set_rows(ctx, flat, G.ggml_reshape_2d(ctx, v_t, 1, n_tokens * row), v_index,
+                                  name=f'{name}_v_write')
+        values_t = G.ggml_view_3d(ctx, written, n_kv, head_dim, n_head_kv, n_ctx * esize_v,
+                                  head_dim * n_ctx * esize_v, 0)                # (n_kv, head_dim, n_head_kv)
     queries = G.ggml_permute(ctx, q, 0, 2, 1, 3)                    # (head_dim, n_tokens, n_head)
     if fused:
         out = G.ggml_flash_attn_ext(ctx, queries, keys, values, mask, scale, 0.0, 0.0, name=f'{name}_fa')
         G.ggml_flash_attn_ext_set_prec(out, G.GGML_PREC_F32)
-        return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)    # out: (head_dim, n_head, n_tokens)
+        # out: (head_dim, n_head, n_tokens)
+        return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)
     kq = G.ggml_mul_mat(ctx, keys, queries, name=f'{name}_kq')               # (n_kv, n_tokens, n_head)
     if scores:
         masked = G.ggml_add(ctx, G.ggml_scale(ctx, kq, scale), G.ggml_cast(ctx, mask, G.GGML_TYPE_F32),
@@ -98,7 +115,6 @@ def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v:
         probs = G.ggml_soft_max_ext(ctx, kq, mask, scale, 0.0, name=f'{name}_probs')
     # V transposed in the cache's type, as llama.cpp's unfused path keeps it: the product then
     # rounds the probabilities as llama.cpp does, and the two agree token for token.
-    v_t = G.ggml_cont(ctx, G.ggml_transpose(ctx, values))                   # (n_kv, head_dim, n_head_kv)
-    out = G.ggml_mul_mat(ctx, v_t, probs)                                    # (head_dim, n_tokens, n_head)
+    out = G.ggml_mul_mat(ctx, values_t, probs)                               # (head_dim, n_tokens, n_head)
     out = G.ggml_cont(ctx, G.ggml_permute(ctx, out, 0, 2, 1, 3))             # (head_dim, n_head, n_tokens)
     return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)

@@ -36,9 +36,10 @@ class LlamaModel(GgmlModel):
 
     Parameters (from the GGUF file unless given): ``context_length`` (KV cache rows; default the
     model's, capped at 4096), ``batch_size`` (tokens per graph; longer prompts are chunked; default
-    512), ``kv_type`` (``'F16'``; ``'F32'`` for exact comparisons), ``flash_attn`` (default True:
-    GGML's fused attention, as llama.cpp with flash attention on; False: matmul + softmax, as
-    llama.cpp without it; each gives the same tokens as its llama.cpp counterpart).
+    512), ``kv_type`` (``'F16'``; ``'F32'`` for exact comparisons), ``flash_attn`` (default False:
+    matmul + softmax over a transposed V cache, as llama.cpp computes attention by default and
+    llama-cpp-python's ``flash_attn=False``; True: GGML's fused flash attention, as llama.cpp with
+    flash attention on). Each gives the same greedy tokens as its llama.cpp counterpart.
 
     Call it with token ids: ``logits = model(tokens)`` returns the logits of the last position
     (numpy ``(n_vocab,)``), or of every new position with ``all_logits=True`` (``(n, n_vocab)``).
@@ -63,11 +64,18 @@ class LlamaModel(GgmlModel):
     context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT))
     batch_size: Parameter(lambda p: min(512, int(p['context_length'])))
     kv_type: Parameter('F16')
-    flash_attn: Parameter(True)   # False: llama.cpp's attention without flash attention
+    # False (default): matmul + softmax as llama.cpp (and llama-cpp-python by default) computes
+    # attention; True: GGML's fused flash attention, as llama.cpp with flash attention on.
+    flash_attn: Parameter(False)
     n_q: Parameter(lambda p: p['n_head'] * p['head_dim'])
     n_kv: Parameter(lambda p: p['n_head_kv'] * p['head_dim'])
     n_rot_half: Parameter(lambda p: p['n_rot'] // 2)
     mask_size: Parameter(lambda p: p['context_length'] * p['batch_size'])
+    # Without flash attention the V cache is stored transposed (positions along rows), as llama.cpp
+    # does, and written element by element through v_index.
+    v_ne0: Parameter(lambda p: p['n_kv'] if p['flash_attn'] else p['context_length'])
+    v_ne1: Parameter(lambda p: p['context_length'] if p['flash_attn'] else p['n_kv'])
+    v_index_size: Parameter(lambda p: 1 if p['flash_attn'] else p['batch_size'] * p['n_kv'])
 
     # weights, by their GGUF names
     token_embd: Tensor(None, ('n_embd', None), name='token_embd.weight')
@@ -86,11 +94,12 @@ class LlamaModel(GgmlModel):
 
     # KV cache and per-call inputs
     cache_k: Tensor('kv_type', ('n_kv', 'context_length'), name='cache_k.{i}', repeat='n_layer')
-    cache_v: Tensor('kv_type', ('n_kv', 'context_length'), name='cache_v.{i}', repeat='n_layer')
+    cache_v: Tensor('kv_type', ('v_ne0', 'v_ne1'), name='cache_v.{i}', repeat='n_layer')
     tokens: Tensor('I32', ('batch_size',))
     positions: Tensor('I32', ('batch_size',))
     kv_index: Tensor('I64', ('batch_size',))
     out_index: Tensor('I32', ('batch_size',))
+    v_index: Tensor('I64', ('v_index_size',))
     mask: Tensor('F16', ('mask_size',))
 
     # what the graph is built for
@@ -125,6 +134,7 @@ class LlamaModel(GgmlModel):
         positions = G.ggml_view_1d(ctx, T['positions'], n_tokens, 0)
         kv_index = G.ggml_view_1d(ctx, T['kv_index'], n_tokens, 0)
         out_index = G.ggml_view_1d(ctx, T['out_index'], n_outputs, 0)
+        v_index = None if p['flash_attn'] else G.ggml_view_1d(ctx, T['v_index'], n_tokens * p['n_kv'], 0)
         mask = G.ggml_view_2d(ctx, T['mask'], n_window, n_tokens, n_window * 2, 0, name='kq_mask')
         freq_factors = T['rope_freqs.weight'] if 'rope_freqs.weight' in T else None
         scale = 1.0 / math.sqrt(head_dim)
@@ -145,7 +155,7 @@ class LlamaModel(GgmlModel):
             attn = cached_attention(ctx, q, k, v, cache_k=T[f'cache_k.{il}'], cache_v=T[f'cache_v.{il}'],
                                     kv_index=kv_index, mask=mask, n_kv=n_window, scale=scale,
                                     name=f'attn{il}', fused=p['flash_attn'] and il not in unfused,
-                                    scores=il in unfused)                               # (n_q, n_tokens)
+                                    scores=il in unfused, v_index=v_index)   # (n_q, n_tokens)
             attn = G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_output.weight'], attn, name=f'attn_out{il}')
             if il == n_layer - 1 and n_outputs < n_tokens:
                 # Only the output positions go through the last feed-forward block and the head.
@@ -226,6 +236,10 @@ class LlamaModel(GgmlModel):
         self._write('kv_index', positions.astype(np.int64))
         self._write('out_index', out_index)
         self._write('mask', mask)
+        if not self.params['flash_attn']:
+            # element (d, t) of the transposed new values goes to cache_v[d, position_t]
+            d = np.arange(self.params['n_kv'], dtype=np.int64)[:, None]
+            self._write('v_index', (d * n_ctx + positions[None, :]).ravel())
         started = time.perf_counter()
         status = lib.ggml_backend_graph_compute(self.backend.handle, self.graph)
         self.compute_seconds += time.perf_counter() - started   # for profiling Python overhead
