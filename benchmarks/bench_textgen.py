@@ -32,9 +32,10 @@ def prompt_tokens(path: str, n: int) -> list[int]:
     return [int(t) for t in ids[:n]]
 
 
-def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int) -> dict[str, float]:
+def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int, flash_attn: bool) -> dict[str, float]:
     start = time.perf_counter()
-    model = LlamaModel.from_path(path, n_threads=threads, context_length=1024, batch_size=512)
+    model = LlamaModel.from_path(path, n_threads=threads, context_length=1024, batch_size=512,
+                                 flash_attn=flash_attn)
     load = time.perf_counter() - start
     model([tokens[0]])                      # build the decode graph once (warm-up), then start over
     model.reset()
@@ -104,13 +105,13 @@ def main() -> None:
             runs[name].append(fn())
     print(f'{os.path.basename(path)}, {args.threads} threads, prompt {args.prompt} tokens, '
           f'{args.gen} decoded tokens, median of {args.repeats}')
-    print(f'  {"":<38} {"load s":>8} {"prefill tok/s":>14} {"decode tok/s":>13} {"python ms/tok":>14}')
+    print(f'  {"":<45} {"load s":>8} {"prefill tok/s":>14} {"decode tok/s":>13} {"python ms/tok":>14}')
     medians = {}
     for name, results in runs.items():
         med = {k: statistics.median(r[k] for r in results) for k in results[0]}
         medians[name] = med
         py = f'{med["python_ms_per_token"]:14.3f}' if 'python_ms_per_token' in med else f'{"":>14}'
-        print(f'  {name:<38} {med["load_s"]:8.3f} {med["prefill_tps"]:14.1f} {med["decode_tps"]:13.1f} {py}')
+        print(f'  {name:<45} {med["load_s"]:8.3f} {med["prefill_tps"]:14.1f} {med["decode_tps"]:13.1f} {py}')
     for name in peers:
         g, p = medians['gadget'], medians[name]
         print(f'  gadget / {name}: prefill {g["prefill_tps"] / p["prefill_tps"]:.2f}x, '
