@@ -45,10 +45,29 @@ def test_fetch_rejects_a_download_with_the_wrong_hash(tmp_path, monkeypatch):
         into = Path(cmd[cmd.index('-d') + 1])
         (into / pin['sdist']).write_bytes(b'not the pinned sdist')
 
+    monkeypatch.setattr(fetch, '_pip_command', lambda: ['pip'])
     monkeypatch.setattr(fetch.subprocess, 'run', fake_pip)
     with pytest.raises(RuntimeError, match='sha256 mismatch'):
         fetch.fetch(tmp_path / 'ggml', quiet=True)
     assert not (tmp_path / 'ggml').exists()
+
+
+def test_fetch_without_pip_uses_the_index_api(tmp_path, monkeypatch):
+    # In pip's isolated build environment of a virtual environment, no pip may be importable.
+    pin = fetch.load_pin()
+    monkeypatch.setattr(fetch, '_pip_command', lambda: None)
+    monkeypatch.setattr(fetch, 'VENDOR', tmp_path)
+    calls = []
+
+    def fake_index(pin_, into):
+        calls.append(pin_['sdist'])
+        (into / pin_['sdist']).write_bytes(b'bytes from the index')
+        return into / pin_['sdist']
+
+    monkeypatch.setattr(fetch, '_download_from_index', fake_index)
+    with pytest.raises(RuntimeError, match='sha256 mismatch'):
+        fetch.fetch(tmp_path / 'ggml', quiet=True)
+    assert calls == [pin['sdist']]
 
 
 def test_cmake_args_pass_through_and_cuda_detection(monkeypatch):

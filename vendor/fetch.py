@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,18 +40,50 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _pip_command() -> list[str] | None:
+    """How to run pip here. Inside pip's isolated build environment (``pip install .`` in a
+    virtual environment) this interpreter may not import pip; the ``pip`` on PATH then still works."""
+    probe = subprocess.run([sys.executable, '-c', 'import pip'], capture_output=True)
+    if probe.returncode == 0:
+        return [sys.executable, '-m', 'pip']
+    found = shutil.which('pip') or shutil.which('pip3')
+    return [found] if found else None
+
+
+def _download_from_index(pin: dict, into: Path) -> Path:
+    """The sdist straight from the package index's JSON simple API (PEP 691), without pip."""
+    import urllib.request
+
+    index = os.environ.get('PIP_INDEX_URL', 'https://pypi.org/simple').rstrip('/')
+    request = urllib.request.Request(f"{index}/{pin['package']}/",
+                                     headers={'Accept': 'application/vnd.pypi.simple.v1+json'})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)['files']
+    url = next((f['url'] for f in files if f['filename'] == pin['sdist']), None)
+    if url is None:
+        raise RuntimeError(f"{pin['sdist']} is not on {index}")
+    path = into / pin['sdist']
+    with urllib.request.urlopen(url, timeout=300) as response, open(path, 'wb') as out:
+        shutil.copyfileobj(response, out)
+    return path
+
+
 def _download(pin: dict, into: Path) -> Path:
     cached = VENDOR / 'downloads' / pin['sdist']
     if cached.exists() and sha256_of(cached) == pin['sha256']:
         return cached
-    subprocess.run(
-        [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:',
-         '--disable-pip-version-check', '-d', str(into), f"{pin['package']}=={pin['version']}"],
-        check=True,
-    )
-    path = into / pin['sdist']
+    pip = _pip_command()
+    if pip is not None:
+        subprocess.run(
+            [*pip, 'download', '--no-deps', '--no-binary', ':all:', '--disable-pip-version-check',
+             '-d', str(into), f"{pin['package']}=={pin['version']}"],
+            check=True,
+        )
+        path = into / pin['sdist']
+    else:
+        path = _download_from_index(pin, into)
     if not path.exists():
-        raise RuntimeError(f"pip did not produce {pin['sdist']} in {into}")
+        raise RuntimeError(f"the download did not produce {pin['sdist']} in {into}")
     got = sha256_of(path)
     if got != pin['sha256']:
         raise RuntimeError(f"sha256 mismatch for {path.name}: expected {pin['sha256']}, got {got}")
