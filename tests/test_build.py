@@ -41,7 +41,7 @@ def test_fetch_rejects_a_download_with_the_wrong_hash(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch, 'load_pin', lambda: pin)
     monkeypatch.setattr(fetch, 'VENDOR', tmp_path)   # no cached download to reuse
 
-    def fake_pip(cmd, check):
+    def fake_pip(cmd, check, env=None):
         into = Path(cmd[cmd.index('-d') + 1])
         (into / pin['sdist']).write_bytes(b'not the pinned sdist')
 

@@ -40,10 +40,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _outside_build_env() -> dict[str, str]:
+    """The environment without what pip's isolated build environment adds (a PYTHONPATH whose
+    sitecustomize hides the interpreter's own site-packages, where pip lives)."""
+    env = dict(os.environ)
+    for name in ('PYTHONPATH', 'PYTHONNOUSERSITE', 'PYTHONHOME'):
+        env.pop(name, None)
+    return env
+
+
 def _pip_command() -> list[str] | None:
-    """How to run pip here. Inside pip's isolated build environment (``pip install .`` in a
-    virtual environment) this interpreter may not import pip; the ``pip`` on PATH then still works."""
-    probe = subprocess.run([sys.executable, '-c', 'import pip'], capture_output=True)
+    """How to run pip here: this interpreter's pip, seen from outside any isolated build environment."""
+    probe = subprocess.run([sys.executable, '-c', 'import pip'], capture_output=True,
+                           env=_outside_build_env())
     if probe.returncode == 0:
         return [sys.executable, '-m', 'pip']
     found = shutil.which('pip') or shutil.which('pip3')
@@ -73,13 +82,13 @@ def _download(pin: dict, into: Path) -> Path:
     if cached.exists() and sha256_of(cached) == pin['sha256']:
         return cached
     pip = _pip_command()
+    path = into / pin['sdist']
     if pip is not None:
         subprocess.run(
             [*pip, 'download', '--no-deps', '--no-binary', ':all:', '--disable-pip-version-check',
              '-d', str(into), f"{pin['package']}=={pin['version']}"],
-            check=True,
+            check=True, env=_outside_build_env(),
         )
-        path = into / pin['sdist']
     else:
         path = _download_from_index(pin, into)
     if not path.exists():
