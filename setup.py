@@ -56,14 +56,10 @@ def cuda_requested(args: list[str]) -> bool:
 
 
 def find_cmake() -> str:
-    try:
-        import cmake  # the PyPI wheel, a build requirement
-        return str(Path(cmake.CMAKE_BIN_DIR) / 'cmake')
-    except ImportError:
-        found = shutil.which('cmake')
-        if not found:
-            raise RuntimeError('CMake is needed to build GGML: pip install cmake') from None
-        return found
+    found = shutil.which('cmake')   # the system's, or the PyPI package's (build_backend.py adds it)
+    if not found:
+        raise RuntimeError('CMake is needed to build GGML: install it, or pip install cmake')
+    return found
 
 
 # GGML's libraries get gadget's own names (libgadget-ggml-base.so.0, ...). Under GGML's names
