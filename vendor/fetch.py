@@ -44,8 +44,11 @@ def _outside_build_env() -> dict[str, str]:
     """The environment without what pip's isolated build environment adds (a PYTHONPATH whose
     sitecustomize hides the interpreter's own site-packages, where pip lives)."""
     env = dict(os.environ)
-    for name in ('PYTHONPATH', 'PYTHONNOUSERSITE', 'PYTHONHOME'):
-        env.pop(name, None)
+    for name in list(env):
+        # PEP517_*: the outer build's backend settings, which would misdirect the build hooks pip
+        # runs to read the downloaded sdist's metadata.
+        if name in ('PYTHONPATH', 'PYTHONNOUSERSITE', 'PYTHONHOME') or name.startswith('PEP517'):
+            del env[name]
     return env
 
 
