@@ -88,20 +88,23 @@ def main() -> None:
     args = parser.parse_args()
     path = str(args.model or default_model_path())
     tokens = prompt_tokens(path, args.prompt)
+    # Compared like for like: the defaults (attention without flash attention in both), and
+    # flash attention on in both.
+    ours = {'gadget': lambda: run_gadget(path, tokens, args.gen, args.threads, False),
+            'gadget flash_attn=True': lambda: run_gadget(path, tokens, args.gen, args.threads, True)}
     try:
         import llama_cpp
-        peers = {f'llama-cpp-python {llama_cpp.__version__}':
-                     lambda: run_llama_cpp(path, tokens, args.gen, args.threads, False),
-                 f'llama-cpp-python {llama_cpp.__version__} flash_attn':
-                     lambda: run_llama_cpp(path, tokens, args.gen, args.threads, True)}
+        version = llama_cpp.__version__
+        peers = {f'llama-cpp-python {version}':
+                 lambda: run_llama_cpp(path, tokens, args.gen, args.threads, False),
+                 f'llama-cpp-python {version} flash_attn=True':
+                 lambda: run_llama_cpp(path, tokens, args.gen, args.threads, True)}
     except ImportError:
         peers = {}
         print('llama-cpp-python is not installed: gadget only')
-    runs: dict[str, list[dict[str, float]]] = {'gadget': []}
-    runs.update({name: [] for name in peers})
-    for _ in range(args.repeats):
-        runs['gadget'].append(run_gadget(path, tokens, args.gen, args.threads))
-        for name, fn in peers.items():
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in [*ours, *peers]}
+    for _ in range(args.repeats):   # alternate, so both see the same machine state
+        for name, fn in [*ours.items(), *peers.items()]:
             runs[name].append(fn())
     print(f'{os.path.basename(path)}, {args.threads} threads, prompt {args.prompt} tokens, '
           f'{args.gen} decoded tokens, median of {args.repeats}')
@@ -112,12 +115,11 @@ def main() -> None:
         medians[name] = med
         py = f'{med["python_ms_per_token"]:14.3f}' if 'python_ms_per_token' in med else f'{"":>14}'
         print(f'  {name:<45} {med["load_s"]:8.3f} {med["prefill_tps"]:14.1f} {med["decode_tps"]:13.1f} {py}')
-    for name in peers:
-        g, p = medians['gadget'], medians[name]
-        print(f'  gadget / {name}: prefill {g["prefill_tps"] / p["prefill_tps"]:.2f}x, '
+    for ours_name, peer_name in zip(ours, peers):
+        g, p = medians[ours_name], medians[peer_name]
+        print(f'  {ours_name} / {peer_name}: prefill {g["prefill_tps"] / p["prefill_tps"]:.2f}x, '
               f'decode {g["decode_tps"] / p["decode_tps"]:.2f}x, '
               f'load {p["load_s"] / g["load_s"]:.2f}x faster')
-
 
 if __name__ == '__main__':
     main()
