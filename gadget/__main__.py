@@ -104,9 +104,18 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    import logging
+
     from .convert import convert_llama
 
-    convert_llama(args.source, args.output, args.outtype, progress=not args.quiet)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
+    try:
+        path = convert_llama(args.source, args.output, outtype=args.outtype, progress=not args.quiet,
+                             name=args.name)
+    except (OSError, ValueError) as exc:
+        print(f'gadget convert: error: {exc}', file=sys.stderr)
+        return 1
+    print(f'wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)')
     return 0
 
 
@@ -132,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     convert = commands.add_parser('convert', help='Hugging Face Llama checkpoint -> GGUF')
     convert.add_argument('source', help='folder with config.json, *.safetensors and the tokenizer')
     convert.add_argument('output', help='GGUF file to write')
-    convert.add_argument('--outtype', default='F16', choices=['F32', 'F16', 'BF16', 'Q8_0'])
+    convert.add_argument('--outtype', default='F16', type=str.upper, choices=['F32', 'F16', 'BF16', 'Q8_0'],
+                         help='type of the 2-D weights (default F16; 1-D tensors stay F32)')
+    convert.add_argument('--name', default=None, help='general.name (default: the folder name)')
     convert.add_argument('--quiet', action='store_true', help='no progress bar')
     convert.set_defaults(run=_convert)
     args = parser.parse_args(argv)

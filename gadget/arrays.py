@@ -97,21 +97,31 @@ def to_numpy_input(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def _placement(tensor: Any, shape: tuple[int, ...], label: str, ndim: int | None,
+               offset: int | None) -> tuple[tuple[int, ...], int]:
+    """The numpy shape an array of ``shape`` must have to go into ``tensor`` (whole, or rows from
+    ``offset`` along the outermost dimension), and the byte offset it goes to."""
+    full = numpy_shape(tensor, ndim if ndim is not None else 4)
+    if offset is None:
+        return full, 0
+    outer = 3 if ndim is None else ndim - 1
+    n_rows = shape[0] if shape else 1
+    if offset < 0 or offset + n_rows > tensor.ne[outer]:
+        raise ValueError(f'{label}: rows [{offset}, {offset + n_rows}) of the outermost dimension are '
+                         f'out of range 0..{tensor.ne[outer]}')
+    return (n_rows,) + full[1:], offset * tensor.nb[outer]
+
+
+def _shape_error(label: str, given: tuple[int, ...], expected: tuple[int, ...]) -> ValueError:
+    return ValueError(f'{label}: shape {given} does not match the tensor\'s {expected} '
+                      f'(numpy order; ggml order {list(reversed(expected))})')
+
+
 def _prepare(tensor: Any, array: np.ndarray, label: str, ndim: int | None,
              offset: int | None) -> tuple[np.ndarray, int]:
     """Check and convert ``array`` for ``tensor``; return (contiguous bytes source, byte offset)."""
     t = tensor.type
-    full = numpy_shape(tensor, ndim if ndim is not None else 4)
-    if offset is None:
-        expected = full
-    else:
-        outer = tensor.ne[3] if ndim is None else tensor.ne[ndim - 1]
-        n_rows = array.shape[0] if array.ndim else 1
-        if offset < 0 or offset + n_rows > outer:
-            raise ValueError(f'{label}: rows [{offset}, {offset + n_rows}) of the outermost dimension are '
-                             f'out of range 0..{outer}')
-        expected = (n_rows,) + full[1:]
-
+    expected, byte_offset = _placement(tensor, tuple(array.shape), label, ndim, offset)
     raw_blocks = is_quantized(t) and array.dtype == np.uint8
     if raw_blocks:
         row = expected[-1] // block_size(t) * type_size(t) if expected else 0
@@ -122,13 +132,9 @@ def _prepare(tensor: Any, array: np.ndarray, label: str, ndim: int | None,
         data = np.ascontiguousarray(array)
     else:
         if _strip_ones(tuple(array.shape)) != _strip_ones(expected):
-            raise ValueError(f'{label}: shape {tuple(array.shape)} does not match the tensor\'s '
-                             f'{expected} (numpy order; ggml order {list(reversed(expected))})')
+            raise _shape_error(label, tuple(array.shape), expected)
         data = _convert(array, t, label)
-    if offset is None:
-        return data, 0
-    row_bytes = tensor.nb[3] if ndim is None else tensor.nb[ndim - 1]
-    return data, offset * row_bytes
+    return data, byte_offset
 
 
 def _convert(array: np.ndarray, t: int, label: str) -> np.ndarray:
@@ -206,22 +212,13 @@ def _set_from_device_torch(tensor: Any, array: Any, label: str, ndim: int | None
                             f'got {src.dtype}')
         src = src.to(target)
     src = src.contiguous()
-    meta = np.empty(tuple(src.shape), dtype=np.uint8)   # shape check only, no data
-    _prepare_shape_only(tensor, meta, label, ndim, offset)
-    byte_offset = 0 if offset is None else offset * (tensor.nb[3] if ndim is None else tensor.nb[ndim - 1])
+    expected, byte_offset = _placement(tensor, tuple(src.shape), label, ndim, offset)
+    if _strip_ones(tuple(src.shape)) != _strip_ones(expected):
+        raise _shape_error(label, tuple(src.shape), expected)
     nbytes = src.numel() * src.element_size()
     torch.cuda.synchronize(src.device)
     _device_copy(int(ffi.cast('uintptr_t', tensor.data)) + byte_offset, src.data_ptr(), nbytes)
     return True
-
-
-def _prepare_shape_only(tensor: Any, meta: np.ndarray, label: str, ndim: int | None,
-                        offset: int | None) -> None:
-    full = numpy_shape(tensor, ndim if ndim is not None else 4)
-    expected = full if offset is None else (meta.shape[0] if meta.ndim else 1,) + full[1:]
-    if _strip_ones(tuple(meta.shape)) != _strip_ones(expected):
-        raise ValueError(f'{label}: shape {tuple(meta.shape)} does not match the tensor\'s {expected} '
-                         '(numpy order)')
 
 
 def set_tensor_data(tensor: Any, array: Any, label: str = 'tensor', ndim: int | None = None,

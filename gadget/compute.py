@@ -14,6 +14,7 @@ preserved after :meth:`compute`.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .arrays import FRAMEWORKS, get_tensor_data, set_tensor_data
@@ -23,7 +24,7 @@ from .ggml import describe_tensor, ffi, lib
 from . import ggml as G
 from .types import TypeLike, as_ggml_type
 
-__all__ = ['GgmlCompute', 'TensorDict', 'DEFAULT_GRAPH_SIZE']
+__all__ = ['GgmlCompute', 'TensorDict', 'HostRegion', 'DEFAULT_GRAPH_SIZE']
 
 DEFAULT_GRAPH_SIZE = 8192
 
@@ -49,6 +50,15 @@ def _new_context(n_tensors: int, extra: int = 0) -> Any:
     if ctx == ffi.NULL:
         raise MemoryError(f'ggml_init could not allocate {size} bytes')
     return ctx
+
+
+@dataclass
+class HostRegion:
+    """Host memory that declared tensors point into instead of getting their own (e.g. a
+    memory-mapped GGUF file): its base pointer, size, and ``name -> address`` of each tensor."""
+    base: Any
+    size: int
+    tensors: dict[str, Any] = field(default_factory=dict)
 
 
 class _Handles:
@@ -97,7 +107,7 @@ class GgmlCompute:
     def __init__(self, params: Mapping[str, Any], tensors: Mapping[str, tuple[TypeLike, Sequence[int]]],
                  model: ModelFn | None = None, backend: str | Backend = 'cpu', framework: str = 'numpy',
                  n_threads: int | None = None, graph_size: int = DEFAULT_GRAPH_SIZE,
-                 keep: Iterable[str] = (), mapped: Mapping[str, Any] | None = None):
+                 keep: Iterable[str] = (), mapped: HostRegion | None = None):
         if framework not in FRAMEWORKS:
             raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}')
         self.params = dict(params)
@@ -116,7 +126,7 @@ class GgmlCompute:
         self.outputs: tuple[Any, ...] = ()
         self.model = model
         try:
-            self._create_tensors(tensors, mapped or {})
+            self._create_tensors(tensors, mapped)
             if model is not None:
                 self.create_graph(model)
         except BaseException:
@@ -126,7 +136,7 @@ class GgmlCompute:
     # --- tensors ------------------------------------------------------------------------------
 
     def _create_tensors(self, specs: Mapping[str, tuple[TypeLike, Sequence[int]]],
-                        mapped: Mapping[str, Any]) -> None:
+                        mapped: HostRegion | None) -> None:
         h = self._handles
         h.ctx_tensors = _new_context(len(specs))
         for name, spec in specs.items():
@@ -143,12 +153,12 @@ class GgmlCompute:
             self.tensors[name] = t
             self._ndim[name] = len(shape)
         # Tensors mapped from a file on a host backend point into the mapping: no copy at all.
-        for name, source in mapped.items():
-            buffer = lib.ggml_backend_cpu_buffer_from_ptr(source.base, source.size)
+        if mapped is not None and mapped.tensors:
+            buffer = lib.ggml_backend_cpu_buffer_from_ptr(mapped.base, mapped.size)
             if buffer == ffi.NULL:
-                raise GadgetError(f'could not wrap the mapped file for tensor {name!r}')
+                raise GadgetError('could not wrap the mapped host memory in a buffer')
             h.buffers.append(buffer)
-            for tname, address in source.tensors.items():
+            for tname, address in mapped.tensors.items():
                 t = self.tensors[tname]
                 status = lib.ggml_backend_tensor_alloc(buffer, t, address)
                 if status != lib.GGML_STATUS_SUCCESS:

@@ -22,12 +22,11 @@ Conventions that matter for llama.cpp:
 * The vocabulary in the file has exactly as many tokens as the embedding has rows: missing ids
   become ``[PAD{i}]`` tokens of type UNUSED.
 
-Command line: ``python -m gadget.convert SOURCE OUT.gguf --outtype F16``.
+Command line: ``gadget convert SOURCE OUT.gguf --outtype F16`` (see ``gadget.__main__``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ from .ggml import GgmlType
 from .gguf import GgufFile, GgufTensor
 from .types import is_quantized, numpy_dtype, row_size
 
-__all__ = ['OUTTYPES', 'LlamaHparams', 'convert_llama', 'llama3_rope_factors', 'llama_hparams', 'main']
+__all__ = ['OUTTYPES', 'LlamaHparams', 'convert_llama', 'llama3_rope_factors', 'llama_hparams']
 
 logger = logging.getLogger(__name__)
 
@@ -663,28 +662,3 @@ def convert_llama(source: str | os.PathLike | Any, out_path: str | os.PathLike, 
             gguf.tensors[p.name] = _StreamedTensor(p.name, p.type, p.shape, lambda p=p: produce(p))
         gguf.save(out_path)
     return out_path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m gadget.convert SOURCE OUT.gguf [--outtype F16] [--quiet]``."""
-    parser = argparse.ArgumentParser(prog='python -m gadget.convert',
-                                     description='Convert a Hugging Face Llama checkpoint folder to GGUF.')
-    parser.add_argument('source', help='checkpoint folder: config.json, *.safetensors, tokenizer files')
-    parser.add_argument('out', help='the .gguf file to write')
-    parser.add_argument('--outtype', default='F16', type=str.upper, choices=list(OUTTYPES),
-                        help='type of the 2-D weights (default F16; 1-D tensors stay F32)')
-    parser.add_argument('--name', default=None, help='general.name (default: the folder name)')
-    parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
-    try:
-        path = convert_llama(args.source, args.out, outtype=args.outtype, progress=not args.quiet,
-                             name=args.name)
-    except (OSError, ValueError) as exc:
-        parser.exit(1, f'{parser.prog}: error: {exc}\n')
-    print(f'wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

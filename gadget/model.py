@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 
-from .compute import GgmlCompute
+from .compute import GgmlCompute, HostRegion
 from .gguf import GgufFile
 from .types import TypeLike, as_ggml_type
 
@@ -208,11 +208,13 @@ class GgmlModel(GgmlCompute):
 
     def __init__(self, params: Mapping[str, Any], states: Mapping[str, Any] | None = None,
                  gguf: GgufFile | None = None, backend: Any = 'cpu', framework: str = 'numpy',
-                 n_threads: int | None = None, **compute_kwargs: Any):
+                 n_threads: int | None = None, values: Mapping[str, Any] | None = None,
+                 **compute_kwargs: Any):
         decl = type(self)._decl
         object.__setattr__(self, '_dirty', False)
         resolved = dict(params)
-        specs = _tensor_specs(type(self), resolved, gguf, compute_kwargs.pop('values', None))
+        # values only inform tensors declared "as stored"; from_values sets them after creation
+        specs = _tensor_specs(type(self), resolved, gguf, values)
         state_values = {name: s.default for name, s in decl.states.items()}
         for name, value in (states or {}).items():
             if name not in state_values:
@@ -314,9 +316,9 @@ class GgmlModel(GgmlCompute):
         given, states, compute = cls._split_kwargs(dict(kwargs))
         use_mmap = given.pop('use_mmap', True)
         params = cls._resolve_params(given, gguf)
-        mapped = _mappable(cls, gguf, params, compute) if use_mmap else {}
+        mapped = _mappable(cls, gguf, params, compute) if use_mmap else None
         model = cls(params, states, gguf=gguf, mapped=mapped, **compute)
-        in_place = mapped['file'].tensors if mapped else {}
+        in_place = mapped.tensors if mapped is not None else {}
         copied = [n for n in model.tensors if n in gguf.tensors and n not in in_place]
         return model._filled((name, gguf.get_tensor(name)) for name in copied)
 
@@ -388,27 +390,15 @@ class GgmlModel(GgmlCompute):
             self.gguf.close()
 
 
-@dataclass
-class _Mapped:
-    """A host mapping of a GGUF file: base pointer, size and the address of each tensor in it."""
-    base: Any = None
-    size: int = 0
-    tensors: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.tensors is None:
-            self.tensors = {}
-
-
 def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any],
-              compute: dict[str, Any]) -> dict[str, _Mapped]:
+              compute: dict[str, Any]) -> HostRegion | None:
     """Tensors that can point into the file's mapping (host backend, same type and shape, aligned)."""
     backend = compute.get('backend', 'cpu')
     if (getattr(backend, 'kind', backend) or 'cpu') != 'cpu' or gguf._map is None:
-        return {}
+        return None
     from .ggml import ffi
     base = ffi.from_buffer(gguf._map)
-    mapped = _Mapped(base=base, size=len(gguf._map))
+    mapped = HostRegion(base=base, size=len(gguf._map))
     for name, (ttype, shape) in _tensor_specs(cls, params, gguf, None).items():
         record = gguf.tensors.get(name)
         if record is None:
@@ -416,7 +406,7 @@ def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any],
         start = gguf._data_offset + record.offset
         if record.type == ttype and tuple(record.shape) == shape and start % 32 == 0:
             mapped.tensors[name] = base + start
-    return {'file': mapped} if mapped.tensors else {}
+    return mapped if mapped.tensors else None
 
 
 def _declared_names(cls: type, params: Mapping[str, Any]) -> list[str]:

@@ -24,7 +24,8 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gadget import ggml as G
-from gadget.convert import convert_llama, main
+from gadget.__main__ import main
+from gadget.convert import convert_llama
 from gadget.gguf import GgufFile
 
 SENTENCES = ['The quick brown fox jumps over the lazy dog.', 'Hello world, hello llama!',
@@ -518,12 +519,11 @@ def test_progress_bar(tmp_path, untied, capsys):
 
 def test_command_line(tmp_path, untied, capsys):
     folder, _ = untied
-    assert main([str(folder), str(tmp_path / 'cli.gguf'), '--outtype', 'q8_0', '--quiet']) == 0
+    assert main(['convert', str(folder), str(tmp_path / 'cli.gguf'), '--outtype', 'q8_0', '--quiet']) == 0
     assert 'cli.gguf' in capsys.readouterr().out
     assert fields(tmp_path / 'cli.gguf')['general.file_type'][0] == 7
-    with pytest.raises(SystemExit) as exc:
-        main([str(tmp_path / 'nowhere'), str(tmp_path / 'x.gguf'), '--quiet'])
-    assert exc.value.code == 1
+    code = main(['convert', str(tmp_path / 'nowhere'), str(tmp_path / 'x.gguf'), '--quiet'])
+    assert code == 1
     assert 'not a folder' in capsys.readouterr().err
 
 

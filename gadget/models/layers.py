@@ -74,6 +74,9 @@ def cached_attention(ctx: Any, q: Any, k: Any, v: Any, *, cache_k: Any, cache_v:
 
     Returns (head_dim * n_head, n_tokens).
     """
+    if fused and v_index is not None:
+        raise ValueError('flash attention reads the plain V cache: a transposed one (v_index) '
+                         'needs fused=False')
     head_dim, n_head, n_tokens = q.ne[0], q.ne[1], q.ne[2]
     n_head_kv = k.ne[1]
     row = head_dim * n_head_kv
