@@ -359,11 +359,6 @@ class GgmlModel(GgmlCompute):
         self.create_graph()
         object.__setattr__(self, '_dirty', False)
 
-    def __call__(self, **values: Any) -> Any:
-        if self._dirty or self.graph is None:
-            self.rebuild_graph()
-        return super().__call__(**values)
-
     def compute(self) -> Any:
         if self._dirty or self.graph is None:
             self.rebuild_graph()

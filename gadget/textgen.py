@@ -77,10 +77,14 @@ def _download_default_model(target: Path) -> None:
         os.replace(partial, target)
 
 
-def _sampling(kwargs: dict[str, Any], defaults: SamplingParams) -> tuple[Sampler, dict[str, Any]]:
+def _sampler(kwargs: dict[str, Any], defaults: SamplingParams) -> Sampler:
+    """A Sampler from sampling keywords (over ``defaults``); anything else is an error."""
+    kwargs = dict(kwargs)
     fields = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.__dataclass_fields__}
     seed = kwargs.pop('seed', None)
-    return Sampler(defaults, seed=seed, **fields), kwargs
+    if kwargs:
+        raise TypeError(f'unknown sampling arguments: {sorted(kwargs)}')
+    return Sampler(defaults, seed=seed, **fields)
 
 
 class TextGen:
@@ -152,18 +156,14 @@ class TextGen:
 
     def sample(self, logits: np.ndarray, **kwargs: Any) -> int:
         """One token from ``logits`` with this call's sampling settings (see the module docstring)."""
-        sampler, rest = _sampling(dict(kwargs), self.defaults)
-        if rest:
-            raise TypeError(f'unknown sampling arguments: {sorted(rest)}')
+        sampler = _sampler(kwargs, self.defaults)
         return sampler(logits, self.history)
 
     # --- generation -----------------------------------------------------------------------------
 
     def stream_tokens(self, tokens: Sequence[int], max_gen: int = 128, **kwargs: Any) -> Iterator[int]:
         """Yield generated token ids after the prompt ``tokens`` (which replace the context)."""
-        sampler, rest = _sampling(dict(kwargs), self.defaults)
-        if rest:
-            raise TypeError(f'unknown arguments: {sorted(rest)}')
+        sampler = _sampler(kwargs, self.defaults)
         if max_gen < 0:
             raise ValueError(f'max_gen must be >= 0, got {max_gen}')
         logits = self._prefill([int(t) for t in tokens])

@@ -118,7 +118,6 @@ class LlamaModel(GgmlModel):
             freq_scale=1.0 / factor if p['rope_scaling'] == 'linear' and factor > 0 else 1.0)
         self.n_past = 0
         self.compute_seconds = 0.0
-        self._logits = None
         self.state['n_window'] = min(KV_STEP, int(p['context_length']))
 
     # --- the graph ------------------------------------------------------------------------------
@@ -226,7 +225,6 @@ class LlamaModel(GgmlModel):
                 state[key] = value
         if self._dirty or self.graph is None:
             self.rebuild_graph()
-            self._logits = None
         positions = np.arange(n_past, n_past + n, dtype=np.int32)
         # mask[t, j] = 0 where cache row j holds a position <= the token's own, -inf elsewhere
         mask = np.where(np.arange(window)[None, :] <= positions[:, None], 0.0, -np.inf).astype(np.float16)
@@ -246,11 +244,9 @@ class LlamaModel(GgmlModel):
         if status != lib.GGML_STATUS_SUCCESS:
             raise GadgetError(f'graph compute failed: status {status}')
         self.n_past = n_past + n
-        out = self.outputs[0]
-        if self._logits is None or self._logits.shape != (n_out, self.params['n_vocab']):
-            self._logits = np.empty((n_out, self.params['n_vocab']), dtype=np.float32)
-        lib.ggml_backend_tensor_get(out, ffi.from_buffer(self._logits), 0, self._logits.nbytes)
-        return self._logits.copy()
+        logits = np.empty((n_out, self.params['n_vocab']), dtype=np.float32)
+        lib.ggml_backend_tensor_get(self.outputs[0], ffi.from_buffer(logits), 0, logits.nbytes)
+        return logits
 
     def _write(self, name: str, array: np.ndarray) -> None:
         # The per-token fast path: the shapes and types are right by construction.
