@@ -41,7 +41,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', '-m', help='GGUF file (default: SmolLM2-135M-Instruct Q4_1)')
-    parser.add_argument('--tokenizer', help='Hugging Face tokenizer id or folder (default: from the GGUF)')
+    parser.add_argument('--tokenizer', help='folder with a tokenizer.json, or a Hugging Face id (needs transformers); default: from the GGUF')
     parser.add_argument('--max-gen', '-n', type=int, default=128, help='tokens to generate at most')
     parser.add_argument('--temperature', '-t', type=float, default=0.7, help='0 = greedy')
     parser.add_argument('--top-k', type=int, default=0)
@@ -112,7 +112,7 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         path = convert_llama(args.source, args.output, outtype=args.outtype, progress=not args.quiet,
                              name=args.name)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         print(f'gadget convert: error: {exc}', file=sys.stderr)
         return 1
     print(f'wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)')

@@ -210,6 +210,18 @@ class _TensorSource:
         raise NotImplementedError
 
 
+def _optional(module: str, name: str) -> Any:
+    """``module.name`` of one of the converter's optional dependencies, or an ImportError that says
+    how to install them."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise ImportError(f"converting a Hugging Face checkpoint needs {module}: pip install 'gadget[convert]' "
+                          '(safetensors and transformers)') from None
+
+
 def _torch_to_float32(tensor: Any, name: str) -> np.ndarray:
     import torch
 
@@ -222,7 +234,7 @@ class _SafetensorsSource(_TensorSource):
     """The ``*.safetensors`` files of a folder, opened with ``safe_open`` (data read per tensor)."""
 
     def __init__(self, folder: Path, stack: ExitStack):
-        from safetensors import safe_open
+        safe_open = _optional('safetensors', 'safe_open')
 
         index = folder / 'model.safetensors.index.json'
         if index.is_file():
@@ -571,7 +583,7 @@ def _normalise_outtype(outtype: str) -> str:
 
 
 def _load_tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
+    AutoTokenizer = _optional('transformers', 'AutoTokenizer')
 
     files = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json')
     if not any((folder / f).is_file() for f in files):

@@ -92,8 +92,8 @@ class TextGen:
 
     Arguments:
         gguf_or_path: a :class:`GgufFile`, a path, or None for the default model.
-        model_id: a Hugging Face id or a local tokenizer folder; default: the tokenizer built from
-            the GGUF file's own metadata (offline).
+        model_id: a folder with a ``tokenizer.json`` (or a Hugging Face id, which needs
+            transformers); default: the tokenizer built from the GGUF file's own metadata (offline).
         model_class: the architecture (default :class:`LlamaModel`).
         backend, n_threads, context_length, batch_size, ...: passed to the model.
         temperature, top_k, top_p, min_p, repetition_penalty: default sampling settings.
@@ -112,7 +112,7 @@ class TextGen:
             path = Path(gguf_or_path)
             self.model = model_class.from_path(path, **kwargs)
         try:
-            self.tokenizer = load_tokenizer(path if model_id is None else None, model_id)
+            self.tokenizer = load_tokenizer(path if model_id is None else None, model_id, gguf=self.model.gguf)
             self.eog_ids = eog_token_ids(self.tokenizer, self.model.gguf)
         except BaseException:
             self.model.close()
@@ -123,11 +123,10 @@ class TextGen:
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         """Token ids of ``text``; ``special`` adds the model's BOS (etc.) where it expects them."""
-        return list(self.tokenizer(text, add_special_tokens=special)['input_ids'])
+        return self.tokenizer.encode(text, add_special_tokens=special)
 
     def detokenize(self, tokens: Sequence[int], skip_special: bool = True) -> str:
-        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special,
-                                     clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special)
 
     def reset(self) -> None:
         """Forget the context (empties the KV cache)."""
@@ -244,7 +243,7 @@ class TextChat(TextGen):
     def __init__(self, gguf_or_path: GgufFile | str | os.PathLike | None = None, model_id: str | None = None,
                  system: str | None = None, **kwargs: Any):
         super().__init__(gguf_or_path, model_id, **kwargs)
-        if getattr(self.tokenizer, 'chat_template', None) is None:
+        if self.tokenizer.chat_template is None:
             self.close()
             raise ValueError('this model has no chat template: use TextGen, or pass model_id= of a '
                              'tokenizer with one')
@@ -260,7 +259,7 @@ class TextChat(TextGen):
         self.messages = [{'role': 'system', 'content': self.system}] if self.system else []
 
     def _prompt_tokens(self, prefill: str | None) -> list[int]:
-        prompt = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=False)
+        prompt = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)
         if prefill:
             prompt += prefill
         return self.tokenize(prompt, special=False)

@@ -8,22 +8,23 @@ geometry comes from GGML's own type traits.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Union
 
-import ml_dtypes
 import numpy as np
 
 from .ggml import GgmlType, ffi, lib
 
 __all__ = ['TypeLike', 'as_ggml_type', 'type_name', 'numpy_dtype', 'ggml_type_for_dtype',
-           'is_quantized', 'block_size', 'type_size', 'row_size']
+           'is_quantized', 'bfloat16', 'block_size', 'type_size', 'row_size']
 
 TypeLike = Union[GgmlType, int, str]
 
+# BF16's dtype comes from ml_dtypes, imported only when a BF16 array is asked for: importing it costs
+# more than a second, more than everything else gadget's start-up does.
 _NUMPY: dict[int, np.dtype] = {
     GgmlType.F32: np.dtype(np.float32),
     GgmlType.F16: np.dtype(np.float16),
-    GgmlType.BF16: np.dtype(ml_dtypes.bfloat16),
     GgmlType.F64: np.dtype(np.float64),
     GgmlType.I8: np.dtype(np.int8),
     GgmlType.I16: np.dtype(np.int16),
@@ -31,6 +32,14 @@ _NUMPY: dict[int, np.dtype] = {
     GgmlType.I64: np.dtype(np.int64),
 }
 _FROM_NUMPY = {dtype: t for t, dtype in _NUMPY.items()}
+
+
+@lru_cache(maxsize=None)
+def bfloat16() -> np.dtype:
+    """numpy's dtype for BF16 (``ml_dtypes.bfloat16``)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def as_ggml_type(value: TypeLike) -> GgmlType:
@@ -77,6 +86,8 @@ def row_size(value: TypeLike, n: int) -> int:
 def numpy_dtype(value: TypeLike) -> np.dtype:
     """numpy dtype holding one element of an unquantized type; ``uint8`` (raw blocks) otherwise."""
     t = as_ggml_type(value)
+    if t == GgmlType.BF16:
+        return bfloat16()
     return _NUMPY.get(t, np.dtype(np.uint8))
 
 
@@ -85,5 +96,7 @@ def ggml_type_for_dtype(dtype: np.dtype | type) -> GgmlType:
     dt = np.dtype(dtype)
     if dt in _FROM_NUMPY:
         return GgmlType(_FROM_NUMPY[dt])
-    supported = ', '.join(str(d) for d in _FROM_NUMPY)
+    if dt.name == 'bfloat16' and dt == bfloat16():
+        return GgmlType.BF16
+    supported = ', '.join(str(d) for d in [*_FROM_NUMPY, 'bfloat16'])
     raise TypeError(f'no GGML type holds numpy dtype {dt}; supported: {supported}')

@@ -32,42 +32,147 @@ def test_fetch_is_skipped_when_the_tree_is_there(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError('fetch must not download when the pinned tree is present')
 
-    monkeypatch.setattr(fetch.subprocess, 'run', no_network)
+    monkeypatch.setattr(fetch, '_download', no_network)
     assert fetch.fetch(dest) == dest
 
 
-def test_fetch_rejects_a_download_with_the_wrong_hash(tmp_path, monkeypatch):
-    pin = dict(fetch.load_pin(), sha256='0' * 64)
+def _fake_sdist(folder: Path, name: str) -> Path:
+    """A small sdist shaped like the pinned one: ``<top>/ggml/CMakeLists.txt``."""
+    import io
+    import tarfile
+
+    path = folder / name
+    with tarfile.open(path, 'w:gz') as tar:
+        for member, data in (('pkg-1/ggml/CMakeLists.txt', b'project(ggml)\n'),
+                             ('pkg-1/ggml/include/ggml.h', b'/* header */\n'),
+                             ('pkg-1/setup.py', b'raise SystemExit("no build hook may run")\n')):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def fake_pin(tmp_path, monkeypatch):
+    """A pin of a fake sdist, no cached download, and pip configured with nothing but what a test sets."""
+    files = tmp_path / 'files'
+    files.mkdir()
+    sdist = _fake_sdist(files, 'fake_ggml-1.0.tar.gz')
+    pin = dict(fetch.load_pin(), package='Fake_GGML', version='1.0', sdist=sdist.name,
+               sha256=fetch.sha256_of(sdist))
     monkeypatch.setattr(fetch, 'load_pin', lambda: pin)
-    monkeypatch.setattr(fetch, 'VENDOR', tmp_path)   # no cached download to reuse
+    monkeypatch.setattr(fetch, 'VENDOR', tmp_path / 'vendor')
+    (tmp_path / 'vendor').mkdir()
+    for name in ('HOME', 'XDG_CONFIG_HOME', 'XDG_CONFIG_DIRS', 'VIRTUAL_ENV'):   # no config file of the machine
+        monkeypatch.setenv(name, str(tmp_path / 'no-config'))
+    monkeypatch.delenv('PIP_CONFIG_FILE', raising=False)
+    for name in ('PIP_INDEX_URL', 'PIP_EXTRA_INDEX_URL', 'PIP_FIND_LINKS', 'GADGET_GGML_SDIST'):
+        monkeypatch.delenv(name, raising=False)
+    return pin, sdist
 
-    def fake_pip(cmd, check, env=None):
-        into = Path(cmd[cmd.index('-d') + 1])
-        (into / pin['sdist']).write_bytes(b'not the pinned sdist')
 
-    monkeypatch.setattr(fetch, '_pip_command', lambda: ['pip'])
-    monkeypatch.setattr(fetch.subprocess, 'run', fake_pip)
+def _html_index(root: Path, pin: dict, sdist: Path) -> Path:
+    """A PEP 503 index as a folder (``file://`` URLs, as pip accepts them)."""
+    page = root / 'simple' / 'fake-ggml'            # the normalised project name
+    page.mkdir(parents=True)
+    (page / 'index.html').write_text(
+        f'<!DOCTYPE html><html><body><a href="../../files/{sdist.name}#sha256={pin["sha256"]}">'
+        f'{sdist.name}</a></body></html>')
+    return root / 'simple'
+
+
+def test_fetch_from_a_pep503_index_folder_never_runs_pip(fake_pin, tmp_path, monkeypatch):
+    pin, sdist = fake_pin
+    index = _html_index(tmp_path, pin, sdist)
+    monkeypatch.setenv('PIP_INDEX_URL', 'https://127.0.0.1:9/unreachable')   # tried first, fails
+    monkeypatch.setenv('PIP_EXTRA_INDEX_URL', index.as_uri())
+    monkeypatch.setattr(subprocess, 'run', lambda *a, **k: pytest.fail('fetch must not run a subprocess'))
+    dest = fetch.fetch(tmp_path / 'ggml', quiet=True)
+    assert (dest / 'CMakeLists.txt').read_text() == 'project(ggml)\n'
+    assert (tmp_path / 'vendor' / 'downloads' / sdist.name).exists()
+
+
+def test_fetch_from_a_json_simple_api_over_http(fake_pin, tmp_path, monkeypatch):
+    """PEP 691: the index answers JSON, with a relative file URL; served on loopback."""
+    import http.server
+    import threading
+
+    pin, sdist = fake_pin
+    requests = []
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append((self.path, self.headers.get('Accept', ''), self.headers.get('Authorization')))
+            if self.path == '/simple/fake-ggml/':
+                body = json.dumps({'meta': {'api-version': '1.0'}, 'files': [
+                    {'filename': 'fake_ggml-0.9.tar.gz', 'url': '../../f/old.tar.gz', 'hashes': {}},
+                    {'filename': sdist.name, 'url': f'../../f/{sdist.name}', 'hashes': {}}]}).encode()
+                kind = 'application/vnd.pypi.simple.v1+json'
+            elif self.path == f'/f/{sdist.name}':
+                body, kind = sdist.read_bytes(), 'application/octet-stream'
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header('Content-Type', kind)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Index)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv('PIP_INDEX_URL', f'http://user:s%40cret@127.0.0.1:{server.server_port}/simple/')
+        dest = fetch.fetch(tmp_path / 'ggml', quiet=True)
+    finally:
+        server.shutdown()
+    assert (dest / 'include' / 'ggml.h').exists()
+    assert not (dest / 'setup.py').exists()                     # only the ggml/ folder is unpacked
+    assert requests[0][0] == '/simple/fake-ggml/' and 'json' in requests[0][1]
+    assert requests[0][2] == 'Basic ' + __import__('base64').b64encode(b'user:s@cret').decode()
+
+
+def test_fetch_reads_pip_config_files(fake_pin, tmp_path, monkeypatch):
+    pin, sdist = fake_pin
+    index = _html_index(tmp_path, pin, sdist)
+    config = tmp_path / 'pip.conf'
+    config.write_text(f'[global]\nindex-url = {index.as_uri()}\n')
+    monkeypatch.setenv('PIP_CONFIG_FILE', str(config))
+    settings = fetch.pip_settings()
+    assert settings['index-url'] == index.as_uri()
+    monkeypatch.setenv('PIP_FIND_LINKS', str(tmp_path / 'files'))   # environment after files, as pip
+    assert fetch.package_locations() == [index.as_uri(), str(tmp_path / 'files')]
+    assert (fetch.fetch(tmp_path / 'ggml', quiet=True) / 'CMakeLists.txt').exists()
+
+
+def test_fetch_rejects_a_download_with_the_wrong_hash(fake_pin, tmp_path, monkeypatch):
+    pin, sdist = fake_pin
+    pin['sha256'] = '0' * 64
+    monkeypatch.setenv('PIP_INDEX_URL', str(tmp_path / 'files'))   # a find-links style folder
     with pytest.raises(RuntimeError, match='sha256 mismatch'):
         fetch.fetch(tmp_path / 'ggml', quiet=True)
     assert not (tmp_path / 'ggml').exists()
+    assert not (tmp_path / 'vendor' / 'downloads' / sdist.name).exists()
 
 
-def test_fetch_without_pip_uses_the_index_api(tmp_path, monkeypatch):
-    # In pip's isolated build environment of a virtual environment, no pip may be importable.
-    pin = fetch.load_pin()
-    monkeypatch.setattr(fetch, '_pip_command', lambda: None)
-    monkeypatch.setattr(fetch, 'VENDOR', tmp_path)
-    calls = []
-
-    def fake_index(pin_, into):
-        calls.append(pin_['sdist'])
-        (into / pin_['sdist']).write_bytes(b'bytes from the index')
-        return into / pin_['sdist']
-
-    monkeypatch.setattr(fetch, '_download_from_index', fake_index)
-    with pytest.raises(RuntimeError, match='sha256 mismatch'):
+def test_fetch_names_every_location_it_tried(fake_pin, tmp_path, monkeypatch):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    monkeypatch.setenv('PIP_INDEX_URL', str(empty))
+    monkeypatch.setenv('PIP_EXTRA_INDEX_URL', 'http://127.0.0.1:9/simple')
+    with pytest.raises(RuntimeError, match=r'found on none .*empty \(not listed\).*127\.0\.0\.1:9.*GADGET_GGML_SDIST'):
         fetch.fetch(tmp_path / 'ggml', quiet=True)
-    assert calls == [pin['sdist']]
+
+
+def test_fetch_takes_a_local_sdist(fake_pin, tmp_path, monkeypatch):
+    pin, sdist = fake_pin
+    monkeypatch.setenv('PIP_INDEX_URL', 'http://127.0.0.1:9/simple')
+    monkeypatch.setenv('GADGET_GGML_SDIST', str(sdist))
+    assert (fetch.fetch(tmp_path / 'ggml', quiet=True) / 'CMakeLists.txt').exists()
 
 
 def test_cmake_args_pass_through_and_cuda_detection(monkeypatch):
