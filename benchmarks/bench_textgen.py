@@ -27,7 +27,7 @@ TEXT = ('The history of the printing press begins in the fifteenth century, when
 
 def prompt_tokens(path: str, n: int) -> list[int]:
     from gadget.tokenizer import load_tokenizer
-    ids = load_tokenizer(path)(TEXT)['input_ids']
+    ids = load_tokenizer(path).encode(TEXT)
     assert len(ids) >= n, len(ids)
     return [int(t) for t in ids[:n]]
 

@@ -141,9 +141,7 @@ def _common_prefix(names: list[str]) -> str:
 
 def _export() -> None:
     g = globals()
-    for c_name, info in API['functions'].items():
-        g[c_name] = _make_wrapper(c_name, info)
-        __all__.append(c_name)
+    __all__.extend(API['functions'])   # the wrappers themselves are made on first use (__getattr__)
     for name in dir(lib):
         if name.isupper() and (name.startswith('GGML_') or name.startswith('GGUF_')):
             value = getattr(lib, name)
@@ -157,6 +155,19 @@ def _export() -> None:
 
 
 _export()
+
+def __getattr__(name: str) -> Any:
+    # Wrappers are generated on first use: making all of them at import would cost ~0.1 s of start-up.
+    info = API['functions'].get(name)
+    if info is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    wrapper = globals()[name] = _make_wrapper(name, info)
+    return wrapper
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 #: gguf-py's names for the two enums users meet most.
 GGMLQuantizationType = globals()['GgmlType']
