@@ -23,7 +23,14 @@ it is generated for ``ggml.h`` (``ggml.c``, pure C) only; functions implemented 
 (``gguf.cpp``, ``ggml-backend.cpp``, ``ggml-opt.cpp``) and graph *computation* (worker threads)
 are not guarded: the layers above validate their inputs before calling them.
 
-``make_ffibuilder(include_dir, lib_dir)`` returns the configured ``cffi.FFI``; ``setup.py``
+5. generate a *trampoline* for every function of a backend module's header (``ggml-cpu.h``,
+   ``ggml-rpc.h``, ``ggml-cuda.h``). GGML is built with ``GGML_BACKEND_DL``: its backends are
+   modules loaded at run time (one CPU module per x86-64 level in a portable build, of which the
+   best for the running CPU is chosen), so their functions cannot be linked. Each trampoline calls
+   through a pointer that ``gadget_dl_bind`` fills from the chosen module with ``dlsym``; an
+   unfilled one reports "module not loaded" as a pending error instead of crashing.
+
+``make_ffibuilder(include_dir, lib_dir, modules)`` returns the configured ``cffi.FFI``; ``setup.py``
 calls it after building GGML. ``python build_ffi.py INCLUDE_DIR LIB_DIR OUT_DIR`` emits the C
 source for inspection.
 """
@@ -51,6 +58,9 @@ CUDA_HEADERS = ['ggml-cuda.h']
 #: Headers whose functions are implemented in C and run on the calling thread: safe to guard.
 GUARDED_HEADERS = {'ggml.h'}
 
+#: Headers of the backend modules (loaded at run time), and the module group each belongs to.
+MODULE_HEADERS = {'ggml-cpu.h': 'cpu', 'ggml-rpc.h': 'rpc', 'ggml-cuda.h': 'cuda'}
+
 #: Never guarded: they cannot return (ggml_abort), install the hooks themselves, or take varargs.
 UNGUARDED = {'ggml_abort', 'ggml_set_abort_callback', 'ggml_log_set', 'ggml_log_get'}
 
@@ -65,6 +75,7 @@ _PRELUDE = ''.join(f'typedef int {t};\n' for t in _KNOWN_TYPES)
 _PRELUDE_LINES = len(_KNOWN_TYPES)
 
 _C_HELPERS = r'''
+#include <dlfcn.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -161,10 +172,41 @@ static const char *gadget_take_error(void) {
 static int gadget_error_pending(void) {
     return gadget_failed;
 }
+
+/* Backend modules (GGML_BACKEND_DL): scoring a CPU module and reporting a missing one. */
+static char gadget_dl_message[1024];
+
+static const char *gadget_dl_error(void) {
+    return gadget_dl_message;
+}
+
+static void gadget_dl_missing(const char *function, const char *group) {
+    snprintf(gadget_message, sizeof gadget_message,
+             "gadget-dl: %s is in GGML's %s backend module, which is not loaded in this process "
+             "(this build or machine has no usable %s module)", function, group, group);
+    gadget_failed = 1;
+}
+
+/* The score GGML's module gives the running CPU (0: unsupported), 1 for a module without one,
+   -1 if it cannot be opened. The module is closed again, as GGML's own loader does. */
+static int gadget_dl_score(const char *path) {
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (handle == NULL) {
+        snprintf(gadget_dl_message, sizeof gadget_dl_message, "%s", dlerror());
+        return -1;
+    }
+    int (*score)(void) = (int (*)(void)) dlsym(handle, "ggml_backend_score");
+    int result = score != NULL ? score() : 1;
+    dlclose(handle);
+    return result;
+}
 '''  # noqa: E501 (C text, kept verbatim)
 
 _CDEF_HELPERS = '''
 static void gadget_install_abort_guard(void);
+static const char *gadget_dl_error(void);
+static int gadget_dl_score(const char *path);
+static int gadget_dl_bind(const char *group, const char *path);
 static const char *gadget_take_error(void);
 static int gadget_error_pending(void);
 static const char *gadget_api(void);
@@ -195,6 +237,7 @@ class Binding:
     guarded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)   # declared but not exported
     enums: list[str] = field(default_factory=list)     # tags of the named enums
+    modules: dict[str, str] = field(default_factory=dict)   # function -> module group (trampolines)
 
 
 def find_compiler() -> str:
@@ -345,6 +388,50 @@ def _guard_source(fn: Function, checked: bool = False) -> str:
     return f'{head}\n{{\n{body}}}\n'
 
 
+def _trampoline_source(fn: Function, group: str) -> str:
+    """A module function's stand-in: calls through the pointer ``gadget_dl_bind`` fills."""
+    decl = copy.deepcopy(fn.decl)
+    decl.storage = []
+    decl.funcspec = []
+    decl.name = f'gadget_dl_{fn.name}'
+    _set_declname(decl.type, decl.name)
+    params, _ = _param_info(decl)
+    names = _rename_params(params)
+    head = c_generator.CGenerator().visit(decl)
+    call = f"gadget_fp_{fn.name}({', '.join(names)})"
+    missing = f'gadget_dl_missing("{fn.name}", "{group}");'
+    if fn.returns == 'void':
+        body = f'    if (gadget_fp_{fn.name} == NULL) {{ {missing} return; }}\n    {call};\n'
+    else:
+        result_decl = _declare(fn.decl.type.type, 'result')
+        body = (f'    if (gadget_fp_{fn.name} == NULL) {{\n        {missing}\n        {result_decl};\n'
+                f'        memset(&result, 0, sizeof result);\n        return result;\n    }}\n'
+                f'    return {call};\n')
+    return f'static __typeof__(gadget_dl_{fn.name}) *gadget_fp_{fn.name} = NULL;\n{head}\n{{\n{body}}}\n'
+
+
+def _bind_source(binding: Binding) -> str:
+    """``gadget_dl_bind(group, path)``: open a module, fill its group's pointers; returns how many
+    functions it lacks, or -1 if it cannot be opened (``gadget_dl_error()`` says why)."""
+    lines = ['static int gadget_dl_bind(const char *group, const char *path) {',
+             '    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);',
+             '    if (handle == NULL) {',
+             '        snprintf(gadget_dl_message, sizeof gadget_dl_message, "%s", dlerror());',
+             '        return -1;',
+             '    }',
+             '    int missing = 0;']
+    for group in sorted(set(binding.modules.values())):
+        lines.append(f'    if (strcmp(group, "{group}") == 0) {{')
+        for name, fn_group in binding.modules.items():
+            if fn_group == group:
+                lines.append(f'        gadget_fp_{name} = (__typeof__(gadget_fp_{name})) '
+                             f'dlsym(handle, "{name}");')
+                lines.append(f'        missing += gadget_fp_{name} == NULL;')
+        lines.append('    }')
+    lines += ['    return missing;', '}']
+    return '\n'.join(lines) + '\n'
+
+
 class _ArrayDims(c_ast.NodeVisitor):
     def visit_ArrayDecl(self, node: c_ast.ArrayDecl) -> None:
         # cffi's cdef only evaluates plain numbers; `[...]` asks the compiler for the length.
@@ -372,8 +459,12 @@ def _simplify_array_dims(node: c_ast.Node) -> None:
     _ArrayDims().visit(node)
 
 
-def collect(text: str, exported: set[str], guarded_headers: set[str]) -> Binding:
-    """Parse the preprocessed headers; keep types and the exported functions."""
+def collect(text: str, exported: set[str], guarded_headers: set[str],
+            module_exports: dict[str, set[str]] | None = None) -> Binding:
+    """Parse the preprocessed headers; keep types and the exported functions: those the linked
+    libraries export (``exported``), and those of a module header that a module of its group exports
+    (``module_exports``: group -> symbols), which are bound through trampolines."""
+    module_exports = module_exports or {}
     ast = c_parser.CParser().parse(_PRELUDE + text, '<ggml headers>')
     gen = c_generator.CGenerator()
     cdef_parts: list[str] = []
@@ -389,7 +480,11 @@ def collect(text: str, exported: set[str], guarded_headers: set[str]) -> Binding
         header = os.path.basename(node.coord.file) if node.coord and node.coord.file else ''
         if isinstance(node, c_ast.Decl) and isinstance(node.type, c_ast.FuncDecl):
             name = node.name
-            if name not in exported:
+            group = MODULE_HEADERS.get(header)
+            in_module = group is not None and name in module_exports.get(group, ())
+            if name not in exported and in_module and not _param_info(node)[1]:
+                binding.modules[name] = group    # (a variadic one could not be forwarded)
+            elif name not in exported:
                 binding.skipped.append(name)
                 continue
             node.storage = [s for s in node.storage if s != 'extern']
@@ -424,7 +519,9 @@ def collect(text: str, exported: set[str], guarded_headers: set[str]) -> Binding
     unknown = checks - set(binding.guarded)
     if unknown:
         raise RuntimeError(f'gadget_checks.h has checks for ops that are not guarded here: {sorted(unknown)}')
-    binding.source = '\n'.join(guards)
+    trampolines = [_trampoline_source(binding.functions[name], group)
+                   for name, group in binding.modules.items()]
+    binding.source = '\n'.join(guards + trampolines) + _bind_source(binding)
     return binding
 
 
@@ -438,6 +535,7 @@ def api_table(binding: Binding) -> str:
             'returns': fn.returns,
             'graph_op': fn.returns == 'tensor' and fn.first_param == 'struct ggml_context *',
             'guarded': name in binding.guarded,
+            'module': binding.modules.get(name),
             'strings': fn.string_params,
             'c': fn.prototype,
         }
@@ -453,15 +551,25 @@ def _c_string(text: str) -> str:
     return '\n'.join('"' + c.replace('\\', '\\\\').replace('"', '\\"') + '"' for c in chunks)
 
 
-def generate(include_dir: Path, lib_dir: Path, cuda: bool | None = None) -> Binding:
-    include_dir, lib_dir = Path(include_dir), Path(lib_dir)
+def module_group(path: Path) -> str:
+    """The group of a backend module file: ``libgadget-ggml-cpu-haswell.so`` -> ``'cpu'``."""
+    return path.name[len(LIBRARY_GLOB) + 1:].split('.so')[0].split('-')[0]
+
+
+def generate(include_dir: Path, lib_dir: Path, modules: list[Path] = (), cuda: bool | None = None) -> Binding:
+    include_dir, lib_dir, modules = Path(include_dir), Path(lib_dir), [Path(m) for m in modules]
     if cuda is None:
-        cuda = any(lib_dir.glob(f'{LIBRARY_GLOB}-cuda.so*'))
+        cuda = (any(module_group(m) == 'cuda' for m in modules)
+                or any(lib_dir.glob(f'{LIBRARY_GLOB}-cuda.so*')))
     headers = HEADERS + (CUDA_HEADERS if cuda else [])
     libraries = sorted(p for p in lib_dir.glob(f'{LIBRARY_GLOB}*.so') if p.is_file())
     if not libraries:
         raise RuntimeError(f'no GGML libraries in {lib_dir}')
-    binding = collect(preprocess(include_dir, headers), exported_symbols(libraries), GUARDED_HEADERS)
+    module_exports: dict[str, set[str]] = {}
+    for module in modules:
+        module_exports.setdefault(module_group(module), set()).update(exported_symbols([module]))
+    binding = collect(preprocess(include_dir, headers), exported_symbols(libraries), GUARDED_HEADERS,
+                      module_exports)
     binding.constants = integer_constants(include_dir, headers)
     return binding
 
@@ -472,25 +580,30 @@ def library_names(lib_dir: Path) -> list[str]:
     return names
 
 
-def make_ffibuilder(include_dir: Path, lib_dir: Path, cuda: bool | None = None) -> cffi.FFI:
-    """The configured ``cffi.FFI`` for ``gadget._ggml``, linked against the libraries in ``lib_dir``."""
-    binding = generate(include_dir, lib_dir, cuda)
-    headers = HEADERS + (CUDA_HEADERS if (cuda if cuda is not None else
-                                          any(Path(lib_dir).glob(f'{LIBRARY_GLOB}-cuda.so*'))) else [])
+def make_ffibuilder(include_dir: Path, lib_dir: Path, modules: list[Path] = (),
+                    cuda: bool | None = None) -> cffi.FFI:
+    """The configured ``cffi.FFI`` for ``gadget._ggml``, linked against the libraries in ``lib_dir``,
+    with trampolines into the backend ``modules``."""
+    binding = generate(include_dir, lib_dir, modules, cuda)
+    cuda = 'ggml_backend_cuda_init' in binding.functions if cuda is None else cuda
+    headers = HEADERS + (CUDA_HEADERS if cuda else [])
     ffi = cffi.FFI()
     ffi.cdef(binding.cdef)
     ffi.cdef(''.join(f'#define {name} ...\n' for name in binding.constants))
     ffi.cdef(''.join(f'static {_guard_decl(binding.functions[n])};\n' for n in binding.guarded))
     ffi.cdef(_CDEF_HELPERS)
+    # Module functions are renamed to their trampolines before the headers declare them, so the
+    # binding's calls (and the headers' declarations) refer to the trampolines.
+    renames = ''.join(f'#define {name} gadget_dl_{name}\n' for name in binding.modules)
     includes = ''.join(f'#include "{h}"\n' for h in headers)
-    source = (includes + _C_HELPERS + f'#include "{CHECKS_HEADER.name}"\n' + binding.source
+    source = (renames + includes + _C_HELPERS + f'#include "{CHECKS_HEADER.name}"\n' + binding.source
               + f'\nstatic const char *gadget_api(void) {{\n'
               f'    return {_c_string(api_table(binding))};\n}}\n')
     ffi.set_source(
         'gadget._ggml', source,
         include_dirs=[str(include_dir), str(CHECKS_HEADER.parent)],
         library_dirs=[str(lib_dir)],
-        libraries=library_names(lib_dir),
+        libraries=library_names(lib_dir) + ['dl'],
         # The GGML libraries ship in gadget/lib/ next to the extension module.
         extra_link_args=["-Wl,-rpath,$ORIGIN/lib"],
         extra_compile_args=['-O2', '-Wno-unused-function', '-Wno-deprecated-declarations'],
@@ -507,9 +620,9 @@ def _guard_decl(fn: Function) -> str:
 
 
 if __name__ == '__main__':
-    if len(sys.argv) != 4:
-        sys.exit('usage: python build_ffi.py INCLUDE_DIR LIB_DIR OUT_DIR')
-    builder = make_ffibuilder(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) < 4:
+        sys.exit('usage: python build_ffi.py INCLUDE_DIR LIB_DIR OUT_DIR [MODULE.so ...]')
+    builder = make_ffibuilder(Path(sys.argv[1]), Path(sys.argv[2]), [Path(m) for m in sys.argv[4:]])
     out = Path(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)
     builder.emit_c_code(str(out / '_ggml.c'))

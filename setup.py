@@ -7,7 +7,14 @@
    CMake options, so an unchanged re-install reuses the previous build (CMake only re-checks it);
    ``CMAKE_ARGS`` from the environment is passed through (``-DGGML_CUDA=ON`` builds CUDA);
 3. ``build_ffi.py`` generates ``gadget._ggml`` from the installed headers and libraries; the GGML
-   shared libraries are copied to ``gadget/lib/`` next to it (found through ``$ORIGIN`` rpath).
+   shared libraries and backend modules are copied to ``gadget/lib/`` next to it (found through
+   ``$ORIGIN`` rpath).
+
+By default GGML is compiled for the build machine's CPU (``GGML_NATIVE``): the fastest build, but
+one that dies with "illegal instruction" on an older CPU. ``GADGET_PORTABLE=1`` makes a build that
+runs on any x86-64 machine, as llama.cpp's release builds do: GGML's backends become modules
+loaded at run time (``GGML_BACKEND_DL``), with one CPU module per x86-64 level
+(``GGML_CPU_ALL_VARIANTS``), of which gadget loads the best the running CPU supports.
 """
 
 from __future__ import annotations
@@ -43,16 +50,30 @@ DEFAULT_CMAKE_ARGS = [
 ]
 
 
+# GADGET_PORTABLE=1: backends as modules, and every x86-64 level's CPU module instead of one for this
+# machine (GGML refuses GGML_NATIVE with GGML_BACKEND_DL: its CPU-feature scoring needs known levels).
+PORTABLE_CMAKE_ARGS = ['-DGGML_BACKEND_DL=ON', '-DGGML_NATIVE=OFF', '-DGGML_CPU_ALL_VARIANTS=ON']
+
+
+def portable_requested() -> bool:
+    return os.environ.get('GADGET_PORTABLE', '').strip().lower() in ('1', 'on', 'true', 'yes')
+
+
 def cmake_args() -> list[str]:
-    return DEFAULT_CMAKE_ARGS + shlex.split(os.environ.get('CMAKE_ARGS', ''))
+    args = DEFAULT_CMAKE_ARGS + (PORTABLE_CMAKE_ARGS if portable_requested() else [])
+    return args + shlex.split(os.environ.get('CMAKE_ARGS', ''))
+
+
+def _last_value(args: list[str], option: str) -> str | None:
+    value = None
+    for arg in args:
+        if arg.startswith(f'-D{option}=') or arg.startswith(f'-D{option}:BOOL='):
+            value = arg.split('=', 1)[1].upper()
+    return value
 
 
 def cuda_requested(args: list[str]) -> bool:
-    value = None
-    for arg in args:
-        if arg.startswith('-DGGML_CUDA=') or arg.startswith('-DGGML_CUDA:BOOL='):
-            value = arg.split('=', 1)[1].upper()
-    return value in ('ON', '1', 'TRUE', 'YES')
+    return _last_value(args, 'GGML_CUDA') in ('ON', '1', 'TRUE', 'YES')
 
 
 def find_cmake() -> str:
@@ -69,11 +90,22 @@ LIBRARY_PREFIX = 'gadget-'
 _WRAPPER = """cmake_minimum_required(VERSION 3.14)
 project(gadget_ggml C CXX)
 add_subdirectory("{source}" ggml)
-foreach(target ggml ggml-base ggml-cpu ggml-rpc ggml-cuda)
-    if(TARGET ${{target}})
-        set_target_properties(${{target}} PROPERTIES OUTPUT_NAME "{prefix}${{target}}")
-    endif()
-endforeach()
+# Every GGML library and backend module (ggml, ggml-base, ggml-cpu or ggml-cpu-<level>, ggml-rpc,
+# ggml-cuda, ...), wherever GGML defines it, gets gadget's prefix.
+function(gadget_rename directory)
+    get_property(targets DIRECTORY "${{directory}}" PROPERTY BUILDSYSTEM_TARGETS)
+    foreach(target ${{targets}})
+        get_target_property(kind ${{target}} TYPE)
+        if(target MATCHES "^ggml" AND kind MATCHES "SHARED_LIBRARY|MODULE_LIBRARY")
+            set_target_properties(${{target}} PROPERTIES OUTPUT_NAME "{prefix}${{target}}")
+        endif()
+    endforeach()
+    get_property(children DIRECTORY "${{directory}}" PROPERTY SUBDIRECTORIES)
+    foreach(child ${{children}})
+        gadget_rename("${{child}}")
+    endforeach()
+endfunction()
+gadget_rename("${{CMAKE_CURRENT_SOURCE_DIR}}")
 """
 
 
@@ -88,8 +120,8 @@ def _wrapper_project(source: Path) -> Path:
     return folder
 
 
-def build_ggml() -> tuple[Path, Path, bool]:
-    """Fetch and build GGML; return (include dir, lib dir, cuda)."""
+def build_ggml() -> tuple[Path, Path, list[Path], bool]:
+    """Fetch and build GGML; return (include dir, lib dir, backend modules, cuda)."""
     sys.path.insert(0, str(ROOT / 'vendor'))
     from fetch import fetch, load_pin, pin_key
 
@@ -108,7 +140,12 @@ def build_ggml() -> tuple[Path, Path, bool]:
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([cmake, '--build', str(build_dir), '--parallel', jobs], check=True)
     subprocess.run([cmake, '--install', str(build_dir)], check=True, stdout=subprocess.DEVNULL)
-    return prefix / 'include', prefix / 'lib', cuda_requested(args)
+    # With GGML_BACKEND_DL the backends are modules, installed under bin/.
+    modules = sorted(p for p in (prefix / 'bin').glob(f'lib{LIBRARY_PREFIX}ggml-*.so') if p.is_file())
+    if _last_value(args, 'GGML_BACKEND_DL') in ('ON', '1', 'TRUE', 'YES') and not any(
+            p.name.startswith(f'lib{LIBRARY_PREFIX}ggml-cpu') for p in modules):
+        raise RuntimeError(f'the GGML build made no CPU backend module in {prefix / "bin"}')
+    return prefix / 'include', prefix / 'lib', modules, cuda_requested(args)
 
 
 class BuildGadget(build_ext):
@@ -117,8 +154,8 @@ class BuildGadget(build_ext):
     def run(self) -> None:
         import build_ffi
 
-        include_dir, lib_dir, cuda = build_ggml()
-        ffi = build_ffi.make_ffibuilder(include_dir, lib_dir, cuda=cuda)
+        include_dir, lib_dir, modules, cuda = build_ggml()
+        ffi = build_ffi.make_ffibuilder(include_dir, lib_dir, modules, cuda=cuda)
         gen_dir = Path(self.build_temp) / 'gadget_ffi'
         gen_dir.mkdir(parents=True, exist_ok=True)
         generated = ffi.distutils_extension(str(gen_dir), verbose=False)
@@ -140,6 +177,8 @@ class BuildGadget(build_ext):
             name = next((ln.split()[1] for ln in soname.splitlines() if ln.strip().startswith('SONAME')),
                         lib.name)
             shutil.copyfile(lib, target / name)
+        for module in modules:   # backend modules: loaded by path, by gadget/_ffi.py
+            shutil.copyfile(module, target / module.name)
 
 
 if __name__ == '__main__':  # setuptools runs this file as __main__; tests import the helpers

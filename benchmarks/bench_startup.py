@@ -84,7 +84,8 @@ def main() -> None:
         textgen_total.append(total)
         textgen_only.append(only)
 
-    print(f'{os.path.basename(model)}, {threads} threads, median of {args.repeats} alternating runs, warm caches')
+    print(f'{os.path.basename(model)}, {threads} threads, median of {args.repeats} alternating runs, '
+          'warm caches')
     print('| whole process | s (median) | min | max |')
     print('|---|---|---|---|')
     for name, values in times.items():

@@ -8,6 +8,7 @@ import sys
 
 def _info(_args: argparse.Namespace) -> int:
     from . import __version__
+    from ._ffi import MODULES
     from .ggml import API, ffi, lib
 
     features = [name[len('ggml_cpu_has_'):] for name in sorted(API['functions'])
@@ -22,6 +23,8 @@ def _info(_args: argparse.Namespace) -> int:
     print(f"bound functions: {len(API['functions'])}, guarded against aborts: "
           f"{sum(f['guarded'] for f in API['functions'].values())}")
     print('devices: ' + ', '.join(devices))
+    print('backends: ' + (', '.join(f'{group} ({name})' for group, name in MODULES.items()) if MODULES
+                          else 'linked in (a native build)'))
     print('CPU features: ' + ' '.join(features))
     return 0
 
@@ -41,7 +44,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', '-m', help='GGUF file (default: SmolLM2-135M-Instruct Q4_1)')
-    parser.add_argument('--tokenizer', help='folder with a tokenizer.json, or a Hugging Face id (needs transformers); default: from the GGUF')
+    parser.add_argument('--tokenizer', help='folder with a tokenizer.json, or a Hugging Face id '
+                        '(needs transformers); default: from the GGUF')
     parser.add_argument('--max-gen', '-n', type=int, default=128, help='tokens to generate at most')
     parser.add_argument('--temperature', '-t', type=float, default=0.7, help='0 = greedy')
     parser.add_argument('--top-k', type=int, default=0)

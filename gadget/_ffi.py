@@ -5,13 +5,18 @@ Importing this module:
 * installs GGML's abort callback implemented in the generated C layer (see ``build_ffi.py``), which
   turns a failed ``GGML_ASSERT`` inside a guarded call into an error the op layer raises;
 * routes GGML's log to the ``gadget.ggml`` logger (quiet unless the application configures logging);
-* initialises the CPU backend's lookup tables once.
+* in a portable build (``GADGET_PORTABLE=1``: GGML's backends are modules, ``GGML_BACKEND_DL``),
+  loads the backend modules from ``gadget/lib/``: of the CPU modules (one per x86-64 level) the
+  one GGML scores best for this CPU, and every other backend module there (RPC, CUDA); their
+  functions in ``lib`` are bound to the loaded module (see ``build_ffi.py``). ``MODULES`` says
+  which file each backend came from (empty in a native build, where the backends are linked).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 try:
@@ -22,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on how gadget was insta
         '`pip install .` (or `pip install -e .`) from its source tree so that GGML is built.'
     ) from exc
 
-__all__ = ['ffi', 'lib', 'API', 'log']
+__all__ = ['ffi', 'lib', 'API', 'log', 'MODULES']
 
 log = logging.getLogger('gadget.ggml')
 log.addHandler(logging.NullHandler())
@@ -53,6 +58,45 @@ def gadget_log_callback(level: int, text: Any, user_data: Any) -> None:
             log.log(_pending['level'], '%s', message)
 
 
+MODULE_PREFIX = 'libgadget-ggml-'
+# GGML's own registration order: accelerators first, the CPU last.
+_LOAD_ORDER = ['cuda', 'blas', 'rpc']
+
+
+def _load_modules(folder: Path) -> dict[str, str]:
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob(f'{MODULE_PREFIX}*.so')):
+        groups.setdefault(path.name[len(MODULE_PREFIX):-len('.so')].split('-')[0], []).append(path)
+    if not groups:
+        return {}                # a native build: the backends are linked in
+    if 'cpu' not in groups:
+        raise ImportError(f'gadget found no CPU backend module ({MODULE_PREFIX}cpu*.so) in {folder}: '
+                          'reinstall gadget (pip install .) so that GGML is built')
+    loaded = {}
+    order = sorted(groups, key=lambda g: (g == 'cpu', _LOAD_ORDER.index(g) if g in _LOAD_ORDER else 99, g))
+    for group in order:
+        scored = [(lib.gadget_dl_score(str(p).encode()), p) for p in groups[group]]
+        score, best = max(scored, key=lambda sp: sp[0])
+        problem = None
+        if score <= 0:
+            names = ', '.join(p.name for p in groups[group])
+            problem = (f'none of {names} runs on this CPU' if score == 0
+                       else f'{best.name} cannot be loaded: {ffi.string(lib.gadget_dl_error()).decode()}')
+        elif lib.gadget_dl_bind(group.encode(), str(best).encode()) < 0:
+            problem = f'{best.name} cannot be loaded: {ffi.string(lib.gadget_dl_error()).decode()}'
+        elif lib.ggml_backend_load(str(best).encode()) == ffi.NULL:
+            problem = f'GGML could not initialise {best.name} (see the gadget.ggml log)'
+        if problem is None:
+            loaded[group] = best.name
+        elif group == 'cpu':
+            raise ImportError(f"gadget cannot load GGML's CPU backend: {problem}")
+        else:   # e.g. a CUDA module on a machine without the CUDA runtime: that backend is absent
+            log.warning('GGML backend module %r not loaded: %s', group, problem)
+    return loaded
+
+
 lib.gadget_install_abort_guard()
 lib.ggml_log_set(lib.gadget_log_callback, ffi.NULL)
+#: The backend modules loaded: group -> file (``{'cpu': 'libgadget-ggml-cpu-zen4.so', 'rpc': ...}``).
+MODULES: dict[str, str] = _load_modules(Path(__file__).resolve().parent / 'lib')
 lib.ggml_cpu_init()

@@ -218,7 +218,8 @@ def _optional(module: str, name: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError:
-        raise ImportError(f"converting a Hugging Face checkpoint needs {module}: pip install 'gadget[convert]' "
+        raise ImportError(f'converting a Hugging Face checkpoint needs {module}: '
+                          "pip install 'gadget[convert]' "
                           '(safetensors and transformers)') from None
 
 

@@ -78,8 +78,9 @@ def _set_name(tensor: Any, name: str | bytes) -> None:
 
 def _make_wrapper(c_name: str, info: dict[str, Any]) -> Callable[..., Any]:
     """Generate the Python wrapper of one C function (straight-line code, no *args)."""
-    guarded = info['guarded']
-    target = getattr(lib, f'gadget_guard_{c_name}' if guarded else c_name)
+    # Functions of backend modules report a module that is not loaded as a pending error, like a guard.
+    guarded = info['guarded'] or info.get('module') is not None
+    target = getattr(lib, f'gadget_guard_{c_name}' if info['guarded'] else c_name)
     params = [p + '_' if keyword.iskeyword(p) else p for p in info['params']]
     takes_name = info['graph_op'] and 'name' not in params
     if not guarded and not info['strings']:

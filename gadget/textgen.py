@@ -112,7 +112,8 @@ class TextGen:
             path = Path(gguf_or_path)
             self.model = model_class.from_path(path, **kwargs)
         try:
-            self.tokenizer = load_tokenizer(path if model_id is None else None, model_id, gguf=self.model.gguf)
+            self.tokenizer = load_tokenizer(path if model_id is None else None, model_id,
+                                            gguf=self.model.gguf)
             self.eog_ids = eog_token_ids(self.tokenizer, self.model.gguf)
         except BaseException:
             self.model.close()

@@ -131,7 +131,8 @@ class Tokenizer:
         if (folder / 'chat_template.jinja').is_file():
             template = (folder / 'chat_template.jinja').read_text(encoding='utf-8')
         elif (folder / 'chat_template.json').is_file():
-            template = json.loads((folder / 'chat_template.json').read_text(encoding='utf-8')).get('chat_template')
+            saved = json.loads((folder / 'chat_template.json').read_text(encoding='utf-8'))
+            template = saved.get('chat_template')
         else:
             template = config.get('chat_template')
         if isinstance(template, list):   # named templates: the default one
@@ -242,7 +243,8 @@ def _compile_template(source: str) -> Any:
         return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[Generation, loopcontrols])
     env.filters['tojson'] = tojson
     env.globals['raise_exception'] = raise_exception
     env.globals['strftime_now'] = lambda fmt: datetime.datetime.now().strftime(fmt)
@@ -258,10 +260,12 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
 
     kind = fields.get('tokenizer.ggml.model')
     if kind is None:
-        raise ValueError(f'{where} has no tokenizer (no tokenizer.ggml.model): pass model_id= with a tokenizer')
+        raise ValueError(f'{where} has no tokenizer (no tokenizer.ggml.model): '
+                         'pass model_id= with a tokenizer')
     if kind not in ('gpt2', 'llama'):
         raise ValueError(f"{where}: tokenizer.ggml.model {kind!r} is not supported; supported: 'gpt2' "
-                         "(byte-level BPE), 'llama' (SentencePiece BPE). Pass model_id= with a tokenizer.json")
+                         "(byte-level BPE), 'llama' (SentencePiece BPE). "
+                         'Pass model_id= with a tokenizer.json')
     tokens = fields.get('tokenizer.ggml.tokens')
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise ValueError(f'{where}: tokenizer.ggml.tokens must be a non-empty array of strings')
@@ -273,7 +277,8 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
         if token_id is None:
             continue
         if not isinstance(token_id, int) or not 0 <= token_id < n:
-            raise ValueError(f'{where}: {key} = {token_id!r} is not a token id (the vocabulary has {n} tokens)')
+            raise ValueError(f'{where}: {key} = {token_id!r} is not a token id '
+                             f'(the vocabulary has {n} tokens)')
         special[name] = tokens[token_id]
     add_bos = bool(fields.get('tokenizer.ggml.add_bos_token', kind == 'llama'))
     add_eos = bool(fields.get('tokenizer.ggml.add_eos_token', False))
@@ -286,10 +291,11 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
     if kind == 'gpt2':
         alphabet = _byte_alphabet()
         letters = set(alphabet.values())
-        spelled = [t if set(t) <= letters else ''.join(alphabet[b] for b in t.encode('utf-8')) for t in tokens]
+        spelled = [t if set(t) <= letters else ''.join(alphabet[b] for b in t.encode('utf-8'))
+                   for t in tokens]
         vocab = {t: i for i, t in enumerate(spelled)}
-        backend = Backend(models.BPE(vocab=vocab, merges=merges or [], dropout=None, continuing_subword_prefix='',
-                                     end_of_word_suffix='', fuse_unk=False))
+        backend = Backend(models.BPE(vocab=vocab, merges=merges or [], dropout=None,
+                                     continuing_subword_prefix='', end_of_word_suffix='', fuse_unk=False))
         split = PRE_TOKENIZER_SPLITS.get(fields.get('tokenizer.ggml.pre'))
         if split is None:
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -308,8 +314,10 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
                 raise ValueError(f'{where}: a llama vocabulary without merges needs tokenizer.ggml.scores '
                                  f'({n} values)')
             merges = _merges_from_scores(tokens, [float(s) for s in scores])
-        backend = Backend(models.BPE(vocab=vocab, merges=merges, dropout=None, fuse_unk=True, byte_fallback=True))
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement='\u2581', prepend_scheme='first', split=False)
+        backend = Backend(models.BPE(vocab=vocab, merges=merges, dropout=None, fuse_unk=True,
+                                     byte_fallback=True))
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement='\u2581', prepend_scheme='first',
+                                                         split=False)
         backend.decoder = decoders.Sequence([decoders.Replace('\u2581', ' '), decoders.ByteFallback(),
                                              decoders.Fuse(), decoders.Strip(content=' ', left=1)])
         usable = None
@@ -356,7 +364,8 @@ def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[st
     index = {t: i for i, t in enumerate(tokens)}
     found = []
     for token, score in zip(tokens, scores):
-        pairs = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in index and token[k:] in index]
+        pairs = [(token[:k], token[k:]) for k in range(1, len(token))
+                 if token[:k] in index and token[k:] in index]
         pairs.sort(key=lambda p: (index[p[0]], index[p[1]]))
         found += [(score, left, right) for left, right in pairs]
     found.sort(key=lambda m: (m[0], len(m[1]), len(m[2])), reverse=True)

@@ -39,11 +39,19 @@ FUNCTIONS: dict = API['functions']
 # Locating the build tree, the headers and the libraries
 # --------------------------------------------------------------------------------------------
 def _install_dirs() -> list[Path]:
-    """``build/ggml-*/install`` trees that hold headers and libraries, newest first."""
+    """``build/ggml-*/install`` trees that hold headers and libraries: the one whose libraries are
+    the installed package's first (a native and a portable build may both be there), then newest first."""
     found = [d for d in (ROOT / 'build').glob('ggml-*/install')
              if (d / 'include' / 'ggml.h').is_file() and any((d / 'lib').glob('libgadget-ggml*.so'))]
-    return sorted(found, key=lambda d: max(p.stat().st_mtime for p in (d / 'lib').glob('libgadget-ggml*.so')),
-                  reverse=True)
+    installed = [p.read_bytes() for p in PACKAGE_LIB.glob('libgadget-ggml*.so*') if p.is_file()]
+
+    def built_here(d: Path) -> bool:   # installed copies are renamed to their SONAMEs: compare contents
+        return all(p.read_bytes() in installed
+                   for p in (d / 'lib').glob('libgadget-ggml*.so*') if p.is_file() and not p.is_symlink())
+
+    def newest(d: Path) -> float:
+        return max(p.stat().st_mtime for p in (d / 'lib').glob('libgadget-ggml*.so'))
+    return sorted(found, key=lambda d: (built_here(d), newest(d)), reverse=True)
 
 
 @pytest.fixture(scope='module')
@@ -82,8 +90,10 @@ def build_ffi():
 
 @pytest.fixture(scope='module')
 def regenerated(build_ffi, install_dir: Path):
-    """``build_ffi.generate`` run now on the newest build tree."""
-    return build_ffi.generate(install_dir / 'include', install_dir / 'lib')
+    """``build_ffi.generate`` run now on the installed package's build tree (with its backend
+    modules, in a portable build)."""
+    modules = sorted((install_dir / 'bin').glob('libgadget-ggml-*.so'))
+    return build_ffi.generate(install_dir / 'include', install_dir / 'lib', modules)
 
 
 # --------------------------------------------------------------------------------------------

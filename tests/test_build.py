@@ -63,7 +63,8 @@ def fake_pin(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch, 'load_pin', lambda: pin)
     monkeypatch.setattr(fetch, 'VENDOR', tmp_path / 'vendor')
     (tmp_path / 'vendor').mkdir()
-    for name in ('HOME', 'XDG_CONFIG_HOME', 'XDG_CONFIG_DIRS', 'VIRTUAL_ENV'):   # no config file of the machine
+    # No configuration file of the machine's.
+    for name in ('HOME', 'XDG_CONFIG_HOME', 'XDG_CONFIG_DIRS', 'VIRTUAL_ENV'):
         monkeypatch.setenv(name, str(tmp_path / 'no-config'))
     monkeypatch.delenv('PIP_CONFIG_FILE', raising=False)
     for name in ('PIP_INDEX_URL', 'PIP_EXTRA_INDEX_URL', 'PIP_FIND_LINKS', 'GADGET_GGML_SDIST'):
@@ -164,7 +165,8 @@ def test_fetch_names_every_location_it_tried(fake_pin, tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv('PIP_INDEX_URL', str(empty))
     monkeypatch.setenv('PIP_EXTRA_INDEX_URL', 'http://127.0.0.1:9/simple')
-    with pytest.raises(RuntimeError, match=r'found on none .*empty \(not listed\).*127\.0\.0\.1:9.*GADGET_GGML_SDIST'):
+    expected = r'found on none .*empty \(not listed\).*127\.0\.0\.1:9.*GADGET_GGML_SDIST'
+    with pytest.raises(RuntimeError, match=expected):
         fetch.fetch(tmp_path / 'ggml', quiet=True)
 
 
@@ -184,6 +186,35 @@ def test_cmake_args_pass_through_and_cuda_detection(monkeypatch):
     assert setup_helpers.cuda_requested(args)
     monkeypatch.setenv('CMAKE_ARGS', '-DGGML_CUDA=ON -DGGML_CUDA=OFF')
     assert not setup_helpers.cuda_requested(setup_helpers.cmake_args())
+
+
+def test_portable_switch_builds_backend_modules_for_every_cpu_level(monkeypatch):
+    import setup as setup_helpers
+    monkeypatch.delenv('CMAKE_ARGS', raising=False)
+    monkeypatch.delenv('GADGET_PORTABLE', raising=False)
+    native = setup_helpers.cmake_args()
+    assert '-DGGML_NATIVE=ON' in native and not any('BACKEND_DL' in a for a in native)
+    monkeypatch.setenv('GADGET_PORTABLE', '1')
+    portable = setup_helpers.cmake_args()
+    # the last setting of an option wins in CMake: portable overrides native, CMAKE_ARGS overrides both
+    assert setup_helpers._last_value(portable, 'GGML_NATIVE') == 'OFF'
+    assert setup_helpers._last_value(portable, 'GGML_BACKEND_DL') == 'ON'
+    assert setup_helpers._last_value(portable, 'GGML_CPU_ALL_VARIANTS') == 'ON'
+    monkeypatch.setenv('CMAKE_ARGS', '-DGGML_CPU_ALL_VARIANTS=OFF')
+    assert setup_helpers._last_value(setup_helpers.cmake_args(), 'GGML_CPU_ALL_VARIANTS') == 'OFF'
+
+
+def test_the_loaded_backends_are_reported():
+    from gadget import _ffi
+    from gadget.ggml import API, lib
+    module_functions = {n for n, f in API['functions'].items() if f['module']}
+    if not _ffi.MODULES:   # a native build links its backends: no trampolines
+        assert module_functions == set()
+        assert lib.ggml_backend_reg_by_name(b'CPU')
+        return
+    assert 'cpu' in _ffi.MODULES and _ffi.MODULES['cpu'].startswith('libgadget-ggml-cpu')
+    assert {'ggml_backend_cpu_init', 'ggml_graph_compute_with_ctx', 'ggml_cpu_has_avx2'} <= module_functions
+    assert lib.ggml_backend_reg_by_name(b'CPU')
 
 
 def test_libraries_are_found_without_ld_library_path():

@@ -22,7 +22,8 @@ pytest.importorskip('gguf')   # transformers reads GGUF metadata through gguf-py
 
 TEXTS = [
     '', ' ', '   ', '\n', '\n\n\t x', 'Hello world', ' Hello  world ', 'The capital of France is',
-    "I'm sure they'll've DONE it, isn't it?", 'naïve café – “quoted” — ü ß', '中文分词测试，句号。', '日本語のテキスト',
+    "I'm sure they'll've DONE it, isn't it?", 'naïve café – “quoted” — ü ß', '中文分词测试，句号。',
+    '日本語のテキスト',
     'emoji 🤖🎉 and 👩‍👩‍👧 family', 'code: def f(x):\n    return x**2  # square\n', '1234567 3.14159 0x1F',
     '<|im_start|>user\nhi<|im_end|>\n', 'text<|endoftext|>more', '<|im_end|><|im_end|>', 'tab\there',
     'Ünïcödé ǅ ﬁ ㈱', '\u200b zero width', 'a' * 300, ' '.join(['word'] * 50),
@@ -76,7 +77,8 @@ def test_smollm2_chat_template_renders_as_transformers(smollm2):
     assert ours.chat_template == ref.chat_template
     for messages in CONVERSATIONS:
         for generation_prompt in (True, False):
-            expected = ref.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+            expected = ref.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+                                               tokenize=False)
             assert ours.apply_chat_template(messages, add_generation_prompt=generation_prompt) == expected
             assert ours.encode(expected, add_special_tokens=False) == ref.apply_chat_template(
                 messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False)
@@ -127,8 +129,9 @@ def _write_tokenizer_gguf(path, fields):
                                      'user-defined and mislabelled control', 'bos is a normal token'])
 def test_byte_level_variants_match_transformers(smollm2, tmp_path, variant):
     tokens, types, merges = _small_bpe(smollm2[0])
-    fields = {'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.tokens': tokens, 'tokenizer.ggml.token_type': types,
-              'tokenizer.ggml.merges': merges, 'tokenizer.ggml.bos_token_id': 1, 'tokenizer.ggml.eos_token_id': 2,
+    fields = {'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.tokens': tokens,
+              'tokenizer.ggml.token_type': types, 'tokenizer.ggml.merges': merges,
+              'tokenizer.ggml.bos_token_id': 1, 'tokenizer.ggml.eos_token_id': 2,
               'tokenizer.ggml.pre': 'smollm'}
     if variant == 'llama-bpe split':
         fields['tokenizer.ggml.pre'] = 'llama-bpe'
@@ -157,7 +160,8 @@ def _sentencepiece_vocab():
     scores += [0.0] * 256
     types += [6] * 256
     pieces = ['\u2581', 'e', 't', 'a', 'o', 'h', 'l', 'r', 'd', 'w', 'n', 's', 'i', 'c', 'p', 'u', 'x', 'y',
-              '\u2581t', 'he', '\u2581the', 'll', 'ello', '\u2581h', '\u2581hello', 'or', '\u2581w', '\u2581wor',
+              '\u2581t', 'he', '\u2581the', 'll', 'ello', '\u2581h', '\u2581hello', 'or', '\u2581w',
+              '\u2581wor',
               'ld', '\u2581world', 'in', 'ing', '\u2581s', 'er', 'ex', '\u2581ex', 'ent', 'is', '\u2581is']
     for rank, piece in enumerate(pieces):
         tokens.append(piece)
@@ -170,7 +174,8 @@ def test_sentencepiece_vocabulary_without_merges_matches_transformers(tmp_path):
     tokens, scores, types = _sentencepiece_vocab()
     path = _write_tokenizer_gguf(tmp_path / 'spm.gguf', {
         'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.tokens': tokens, 'tokenizer.ggml.scores': scores,
-        'tokenizer.ggml.token_type': types, 'tokenizer.ggml.bos_token_id': 1, 'tokenizer.ggml.eos_token_id': 2,
+        'tokenizer.ggml.token_type': types, 'tokenizer.ggml.bos_token_id': 1,
+        'tokenizer.ggml.eos_token_id': 2,
         'tokenizer.ggml.unknown_token_id': 0})
     ref = _hf_from_gguf(path)
     with GgufFile.from_path(path) as gguf:
@@ -183,7 +188,8 @@ def test_sentencepiece_vocabulary_without_merges_matches_transformers(tmp_path):
     ({}, 'no tokenizer'),
     ({'tokenizer.ggml.model': 'rwkv', 'tokenizer.ggml.tokens': ['a']}, "'rwkv' is not supported"),
     ({'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.tokens': ['a', 'b'], 'tokenizer.ggml.merges': ['a b'],
-      'tokenizer.ggml.eos_token_id': 7}, r'eos_token_id = 7 is not a token id \(the vocabulary has 2 tokens\)'),
+      'tokenizer.ggml.eos_token_id': 7},
+     r'eos_token_id = 7 is not a token id \(the vocabulary has 2 tokens\)'),
     ({'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.tokens': ['a', 'b'], 'tokenizer.ggml.merges': ['ab'],
       }, 'merges must be strings'),
     ({'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.tokens': ['a', 'b'], 'tokenizer.ggml.token_type': [1]},
@@ -210,13 +216,14 @@ def test_decode_refuses_ids_outside_the_vocabulary(smollm2):
 
 
 def test_template_features_transformers_provides(tmp_path):
-    template = ("{% for m in messages %}{% if m.role == 'bad' %}{{ raise_exception('no bad roles') }}{% endif %}"
-                "{% generation %}{{ m.content | tojson }}{% endgeneration %}{% if loop.index > 1 %}{% break %}"
+    template = ("{% for m in messages %}{% if m.role == 'bad' %}{{ raise_exception('no bad roles') }}"
+                "{% endif %}{% generation %}{{ m.content | tojson }}{% endgeneration %}"
+                "{% if loop.index > 1 %}{% break %}"
                 "{% endif %}{% endfor %}{{ bos_token }}{{ strftime_now('%Y') | length }}")
     with GgufFile.from_path(default_model_path()) as gguf:
         base = Tokenizer.from_gguf(gguf)
     ours = Tokenizer(base.backend, base.special_tokens, template)
-    messages = [{'role': 'user', 'content': 'ü'}, {'role': 'user', 'content': 'b'}, {'role': 'user', 'content': 'c'}]
+    messages = [{'role': 'user', 'content': c} for c in ('ü', 'b', 'c')]
     assert ours.apply_chat_template(messages) == '"ü""b"<|im_start|>4'
     from jinja2.exceptions import TemplateError
     with pytest.raises(TemplateError, match='no bad roles'):
