@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import BackendError, GadgetError, GgmlError, GgmlOpError, GgufError
+from .errors import (BackendError, ContextOverflowError, GadgetError, GgmlError, GgmlOpError,
+                     GgufError, ModelFileError)
 
 # Imported eagerly: the function ``gadget.backends()`` shares its name with the module
 # ``gadget.backends``, and importing the module later would otherwise shadow the function.
@@ -23,11 +24,12 @@ __version__ = '0.1.0'
 
 _LAZY = {
     'GgmlCompute': 'compute', 'GgmlModel': 'model', 'Parameter': 'model', 'Tensor': 'model',
-    'State': 'model', 'GgufFile': 'gguf', 'LlamaModel': 'models', 'TextGen': 'textgen',
-    'TextChat': 'textgen',
+    'State': 'model', 'Input': 'model', 'Buffer': 'model', 'GgufFile': 'gguf', 'LlamaModel': 'models',
+    'TextGen': 'textgen', 'TextChat': 'textgen',
 }
 
 __all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError',
+           'ModelFileError', 'ContextOverflowError',
            'Backend', 'backends', *_LAZY]
 
 

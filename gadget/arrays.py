@@ -8,63 +8,17 @@ as they are. Reading a quantized tensor returns dequantized float32.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from .ggml import describe_tensor, ffi, lib
-from .types import (TypeLike, as_ggml_type, block_size, ggml_type_for_dtype, is_quantized, numpy_dtype,
-                    type_name, type_size)
+from .types import (dequantize_blocks, ggml_type_for_dtype, is_quantized, numpy_dtype, quantize, row_size,
+                    type_name)
 
-__all__ = ['quantize', 'dequantize_blocks', 'numpy_shape', 'set_tensor_data', 'get_tensor_data',
-           'to_numpy_input', 'FRAMEWORKS']
+__all__ = ['numpy_shape', 'set_tensor_data', 'get_tensor_data', 'to_numpy_input', 'FRAMEWORKS']
 
 FRAMEWORKS = ('numpy', 'torch')
-
-
-def quantize(array: np.ndarray, ggml_type: TypeLike) -> np.ndarray:
-    """Quantize a float array (numpy order) to raw ``uint8`` blocks shaped ``(..., bytes per row)``."""
-    t = as_ggml_type(ggml_type)
-    src = np.ascontiguousarray(array, dtype=np.float32)
-    if src.ndim == 0:
-        src = src.reshape(1)
-    n_per_row = src.shape[-1]
-    blck = block_size(t)
-    if n_per_row % blck:
-        raise ValueError(f'{type_name(t)} quantizes rows of a multiple of {blck} elements; '
-                         f'the array has rows of {n_per_row}')
-    if lib.ggml_quantize_requires_imatrix(t):
-        raise ValueError(f'{type_name(t)} needs an importance matrix to quantize; choose another type')
-    nrows = src.size // n_per_row if n_per_row else 0
-    out = np.empty(src.shape[:-1] + (n_per_row // blck * type_size(t),), dtype=np.uint8)
-    if src.size:
-        lib.ggml_quantize_init(t)
-        lib.ggml_quantize_chunk(t, ffi.cast('float *', ffi.from_buffer(src)), ffi.from_buffer(out), 0,
-                                nrows, n_per_row, ffi.NULL)
-    return out
-
-
-def dequantize_blocks(blocks: np.ndarray, ggml_type: TypeLike,
-                      shape: Iterable[int] | None = None) -> np.ndarray:
-    """Decode raw blocks (``uint8``, ``(..., bytes per row)``) to float32 through GGML's type traits.
-
-    ``shape`` (ggml order) reshapes the result; by default it keeps the rows of ``blocks``.
-    """
-    t = as_ggml_type(ggml_type)
-    blocks = np.ascontiguousarray(blocks, dtype=np.uint8)
-    row_bytes = blocks.shape[-1] if blocks.ndim else blocks.size
-    if row_bytes % type_size(t):
-        raise ValueError(f'{row_bytes} bytes per row is not a whole number of {type_name(t)} blocks')
-    n_per_row = row_bytes // type_size(t) * block_size(t)
-    out = np.empty(blocks.shape[:-1] + (n_per_row,), dtype=np.float32)
-    traits = lib.ggml_get_type_traits(t)
-    if traits.to_float == ffi.NULL:
-        raise ValueError(f'GGML cannot decode {type_name(t)}')
-    if out.size:
-        traits.to_float(ffi.from_buffer(blocks), ffi.cast('float *', ffi.from_buffer(out)), out.size)
-    if shape is not None:
-        out = out.reshape(tuple(reversed(tuple(shape))))
-    return out
 
 
 def numpy_shape(tensor: Any, ndim: int | None = None) -> tuple[int, ...]:
@@ -124,7 +78,7 @@ def _prepare(tensor: Any, array: np.ndarray, label: str, ndim: int | None,
     expected, byte_offset = _placement(tensor, tuple(array.shape), label, ndim, offset)
     raw_blocks = is_quantized(t) and array.dtype == np.uint8
     if raw_blocks:
-        row = expected[-1] // block_size(t) * type_size(t) if expected else 0
+        row = row_size(t, expected[-1]) if expected else 0
         expected_raw = expected[:-1] + (row,)
         if _strip_ones(tuple(array.shape)) != _strip_ones(expected_raw):
             raise ValueError(f'{label}: raw {type_name(t)} blocks of shape {tuple(array.shape)}, expected '
@@ -276,7 +230,7 @@ def get_tensor_data(tensor: Any, framework: str = 'numpy', ndim: int | None = No
         raw = np.empty(nbytes, dtype=np.uint8)
         _read(tensor, raw, nbytes)
         if is_quantized(t):
-            row = tensor.ne[0] // block_size(t) * type_size(t)
+            row = row_size(t, tensor.ne[0])
             out = dequantize_blocks(raw.reshape(-1, row), t).reshape(shape)
         else:
             out = raw.view(numpy_dtype(t)).reshape(shape)

@@ -13,6 +13,7 @@ preserved after :meth:`compute`.
 
 from __future__ import annotations
 
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -122,6 +123,8 @@ class GgmlCompute:
             self.backend.set_n_threads(n_threads)
         self.tensors = TensorDict()
         self._ndim: dict[str, int] = {}
+        self._nbytes: dict[str, int] = {}
+        self.compute_seconds = 0.0     # time spent in GGML's compute by run() (for profiling)
         self.graph = None
         self.outputs: tuple[Any, ...] = ()
         self.model = model
@@ -152,6 +155,7 @@ class GgmlCompute:
             t = G.ggml_new_tensor(h.ctx_tensors, ttype, len(shape), ffi.new('int64_t[]', shape), name=name)
             self.tensors[name] = t
             self._ndim[name] = len(shape)
+            self._nbytes[name] = lib.ggml_nbytes(t)
         # Tensors mapped from a file on a host backend point into the mapping: no copy at all.
         if mapped is not None and mapped.tensors:
             buffer = lib.ggml_backend_cpu_buffer_from_ptr(mapped.base, mapped.size)
@@ -182,6 +186,33 @@ class GgmlCompute:
         """
         set_tensor_data(self._tensor(name), array, label=f'tensor {name!r}', ndim=self._ndim[name],
                         offset=offset)
+
+    def write(self, name: str, array: Any) -> None:
+        """The per-call fast path: copy the bytes of ``array`` (a C-contiguous numpy array of the
+        tensor's own element type, at most its size) to the start of tensor ``name``. Only the size
+        is checked (GGML would abort on an overflow); for anything else use :meth:`set_input`."""
+        tensor = self.tensors[name]
+        nbytes = array.nbytes
+        if nbytes > self._nbytes[name]:
+            raise ValueError(f'tensor {name!r}: {nbytes} bytes do not fit in its {self._nbytes[name]}')
+        lib.ggml_backend_tensor_set(tensor, ffi.from_buffer(array), 0, nbytes)
+
+    def run(self) -> None:
+        """Compute the graph and leave the outputs in the backend (read them with :meth:`read`)."""
+        started = time.perf_counter()
+        status = lib.ggml_backend_graph_compute(self.backend.handle, self._require_graph())
+        self.compute_seconds += time.perf_counter() - started   # GGML's share of the wall time
+        if status != lib.GGML_STATUS_SUCCESS:
+            raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
+
+    def read(self, out: Any, index: int = 0) -> Any:
+        """Copy the first ``out.nbytes`` bytes of output ``index`` into the preallocated numpy array
+        ``out`` (C-contiguous, the output's element type); return ``out``."""
+        tensor = self.outputs[index]
+        if out.nbytes > lib.ggml_nbytes(tensor):
+            raise ValueError(f'output {index}: {out.nbytes} bytes asked of its {lib.ggml_nbytes(tensor)}')
+        lib.ggml_backend_tensor_get(tensor, ffi.from_buffer(out), 0, out.nbytes)
+        return out
 
     def get_input(self, name: str) -> Any:
         """Tensor ``name`` as an array in numpy order (quantized tensors dequantized to float32)."""

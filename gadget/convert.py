@@ -41,10 +41,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .arrays import quantize
 from .ggml import GgmlType
 from .gguf import GgufFile, GgufTensor
-from .types import is_quantized, numpy_dtype, row_size
+from .types import is_quantized, numpy_dtype, quantize, row_size
 
 __all__ = ['OUTTYPES', 'LlamaHparams', 'convert_llama', 'llama3_rope_factors', 'llama_hparams']
 

@@ -1,4 +1,5 @@
-"""The exception types gadget raises. Every failure reported by GGML goes through :func:`ggml_failure`."""
+"""The exception types gadget raises. Every failure GGML reports reaches Python as a
+:class:`GgmlOpError`, raised by the op layer (``gadget.ggml``)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,12 @@ class GgufError(GadgetError, ValueError):
 
 class BackendError(GadgetError, RuntimeError):
     """A backend is unknown, not built in, or failed to initialise."""
+
+
+class ModelFileError(GadgetError, ValueError):
+    """A model file does not fit the model: a weight missing, a shape or a hyper-parameter wrong, an
+    architecture no model class implements."""
+
+
+class ContextOverflowError(GadgetError, ValueError):
+    """The tokens would not fit in the model's context (KV cache)."""

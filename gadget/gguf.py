@@ -27,8 +27,8 @@ import numpy as np
 
 from .errors import GgufError
 from .ggml import GgmlType, GgufType, lib
-from .arrays import dequantize_blocks, quantize
-from .types import TypeLike, as_ggml_type, block_size, is_quantized, numpy_dtype, type_name, type_size
+from .types import (TypeLike, as_ggml_type, block_size, dequantize_blocks, is_quantized, numpy_dtype,
+                    quantize, row_size, type_name, type_size)
 
 __all__ = ['GgufFile', 'GgufTensor', 'GgufType', 'GgufError', 'GGUF_MAGIC', 'DEFAULT_ALIGNMENT']
 
@@ -413,15 +413,29 @@ class GgufFile:
 
     @property
     def alignment(self) -> int:
+        """The data alignment of the file (``general.alignment``, default 32)."""
         value = self.get_field('general.alignment', DEFAULT_ALIGNMENT)
         return int(value)
+
+    @property
+    def mapping(self) -> memoryview | None:
+        """The whole file as a read-only memory map while it is open from a path (None for a file
+        built in memory, or once closed): what tensors can point into without a copy."""
+        return self._buf
+
+    def tensor_file_offset(self, name: str) -> int:
+        """Where the bytes of tensor ``name`` start in the file (an offset into :attr:`mapping`)."""
+        t = self._tensor(name)
+        if t.offset < 0:
+            raise GgufError(f'tensor {name!r} was added in memory: it has no place in a file yet')
+        return self._data_offset + t.offset
 
     def _tensor_array(self, t: GgufTensor) -> np.ndarray:
         if self._buf is None:
             raise GgufError(f'{self.path}: file is closed')
         start = self._data_offset + t.offset
         if is_quantized(t.type):
-            row = t.shape[0] // block_size(t.type) * type_size(t.type)
+            row = row_size(t.type, t.shape[0])
             shape = tuple(reversed(t.shape[1:])) + (row,)
             dtype = np.dtype(np.uint8)
         else:

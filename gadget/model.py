@@ -19,13 +19,19 @@
   or a callable computing it from the other parameters (``lambda p: p['dim'] // p['n_head']``).
   Dimension names used in ``Tensor`` shapes without a declaration are parameters too.
 * ``Tensor(type, shape)``: a tensor in the model's buffer; the shape is in ggml order, each
-  dimension an int, a parameter name or a GGUF key. Weights are loaded by name from GGUF files.
+  dimension an int, a parameter name or a GGUF key. Its *role* says where its data come from:
+  a weight (the default) must come from the GGUF file (by name) or from ``values``, and a model
+  whose file or values lack one is refused with the missing names; ``Input(...)`` (set per call:
+  token ids, masks) and ``Buffer(...)`` (state the graph writes: a KV cache) start at zero.
+  Tensors of a file that no declaration uses are logged (``gadget.model`` logger, debug), or
+  refused with ``strict=True``.
 * ``State(default)``: a value the graph depends on (e.g. a batch size or a mode). Changing it
   (``model.state['x'] = v`` or ``model.x = v``) rebuilds the graph before the next call, and only then.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +40,16 @@ from typing import Any, Iterable, Iterator, Mapping, MutableMapping
 import numpy as np
 
 from .compute import GgmlCompute, HostRegion
+from .errors import ModelFileError
 from .gguf import GgufFile
 from .types import TypeLike, as_ggml_type
 
-__all__ = ['GgmlModel', 'Parameter', 'Tensor', 'State']
+__all__ = ['GgmlModel', 'Parameter', 'Tensor', 'Input', 'Buffer', 'State', 'ROLES']
+
+log = logging.getLogger('gadget.model')
+
+#: Where a declared tensor's data come from (see the module docstring).
+ROLES = ('weight', 'input', 'buffer')
 
 _REQUIRED = object()
 
@@ -74,10 +86,17 @@ class Tensor:
         repeat: a parameter name: one tensor per ``i in range(params[repeat])`` (layers).
         optional: absent from the file (or from ``values``) is fine: the tensor is then not created,
             and ``forward`` checks ``name in self.tensors``.
+        role: ``'weight'`` (default: from the file or the values, required unless ``optional``),
+            ``'input'`` (set before each call) or ``'buffer'`` (written by the graph); inputs and
+            buffers start at zero. ``Input(...)`` and ``Buffer(...)`` are the short forms.
     """
 
     def __init__(self, type: TypeLike | None, shape: tuple[int | str, ...] | list[int | str],
-                 name: str | None = None, repeat: str | None = None, optional: bool = False):
+                 name: str | None = None, repeat: str | None = None, optional: bool = False,
+                 role: str = 'weight'):
+        if role not in ROLES:
+            raise ValueError(f'Tensor role must be one of {ROLES}, got {role!r}')
+        self.role = role
         self.type_param = None
         try:
             self.type = as_ggml_type(type) if type is not None else None
@@ -101,7 +120,18 @@ class Tensor:
 
     def __repr__(self) -> str:
         kind = self.type.name if self.type is not None else 'as stored'
-        return f'Tensor({kind}, {self.shape}{f", name={self.name!r}" if self.name else ""})'
+        role = f', role={self.role!r}' if self.role != 'weight' else ''
+        return f'Tensor({kind}, {self.shape}{f", name={self.name!r}" if self.name else ""}{role})'
+
+
+def Input(type: TypeLike | None, shape: tuple[int | str, ...] | list[int | str], **kwargs: Any) -> Tensor:
+    """A tensor set before each call (token ids, positions, masks); starts at zero."""
+    return Tensor(type, shape, role='input', **kwargs)
+
+
+def Buffer(type: TypeLike | None, shape: tuple[int | str, ...] | list[int | str], **kwargs: Any) -> Tensor:
+    """A tensor the graph writes and keeps between calls (a KV cache); starts at zero."""
+    return Tensor(type, shape, role='buffer', **kwargs)
 
 
 class State:
@@ -198,6 +228,9 @@ class GgmlModel(GgmlCompute):
     """
 
     _decl: _Declarations
+    #: ``general.architecture`` values this class runs (set by ``models.registry.register``); empty:
+    #: any file (a model assembled by hand).
+    architectures: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -301,6 +334,11 @@ class GgmlModel(GgmlCompute):
         if unknown:
             raise KeyError(f'{cls.__name__}: no tensors {sorted(unknown)}; declared tensors: '
                            f'{", ".join(declared) or "(none)"}')
+        missing = [n for n in _required_weights(cls, params) if n not in values]
+        if missing:
+            raise ValueError(f'{cls.__name__}: weights missing from values: {_listing(missing)} (a weight '
+                             'must be given; declare per-call tensors with Input(...), state with '
+                             'Buffer(...))')
         model = cls(params, states, values=values, **compute)
         return model._filled(values.items())
 
@@ -308,18 +346,29 @@ class GgmlModel(GgmlCompute):
     def from_gguf(cls, gguf: GgufFile, **kwargs: Any) -> 'GgmlModel':
         """A model whose parameters and weights come from an open :class:`GgufFile`.
 
-        Tensors found in the file by name are loaded: without a copy on a host backend (mapped from
+        Weights are loaded from the file by name: without a copy on a host backend (mapped from
         the file) when their type and shape match the declaration, else copied once
         (``use_mmap=False`` copies them all into the backend's own buffer). The file must stay
         open as long as the model lives (the model keeps a reference to it).
+
+        A weight the file lacks, or has in another shape, raises :class:`ModelFileError` naming
+        every such tensor, and so does a file of an architecture the class does not run. Tensors of
+        the file that no declaration uses are logged, or refused with ``strict=True``.
+        ``close_gguf=True`` hands the file to the model, which closes it when it is closed.
         """
         given, states, compute = cls._split_kwargs(dict(kwargs))
         use_mmap = given.pop('use_mmap', True)
+        strict = given.pop('strict', False)
+        close_gguf = given.pop('close_gguf', False)
+        _check_architecture(cls, gguf)
         params = cls._resolve_params(given, gguf)
+        _check_file_weights(cls, gguf, params, strict)
         mapped = _mappable(cls, gguf, params, compute) if use_mmap else None
         model = cls(params, states, gguf=gguf, mapped=mapped, **compute)
         in_place = mapped.tensors if mapped is not None else {}
-        copied = [n for n in model.tensors if n in gguf.tensors and n not in in_place]
+        weights = set(_weight_names(cls, params))
+        copied = [n for n in model.tensors if n in weights and n in gguf.tensors and n not in in_place]
+        model._owns_gguf = close_gguf
         return model._filled((name, gguf.get_tensor(name)) for name in copied)
 
     def _filled(self, values: Iterable[tuple[str, Any]]) -> 'GgmlModel':
@@ -338,12 +387,10 @@ class GgmlModel(GgmlCompute):
         """:meth:`from_gguf` on the file at ``path`` (opened memory-mapped; closed with the model)."""
         gguf = GgufFile.from_path(path)
         try:
-            model = cls.from_gguf(gguf, **kwargs)
+            return cls.from_gguf(gguf, close_gguf=True, **kwargs)
         except BaseException:
             gguf.close()
             raise
-        model._owns_gguf = True
-        return model
 
     # --- graph --------------------------------------------------------------------------------
 
@@ -387,18 +434,20 @@ class GgmlModel(GgmlCompute):
 
 def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any],
               compute: dict[str, Any]) -> HostRegion | None:
-    """Tensors that can point into the file's mapping (host backend, same type and shape, aligned)."""
+    """Weights that can point into the file's mapping (host backend, same type and shape, aligned)."""
     backend = compute.get('backend', 'cpu')
-    if (getattr(backend, 'kind', backend) or 'cpu') != 'cpu' or gguf._map is None:
+    mapping = gguf.mapping
+    if (getattr(backend, 'kind', backend) or 'cpu') != 'cpu' or mapping is None:
         return None
     from .ggml import ffi
-    base = ffi.from_buffer(gguf._map)
-    mapped = HostRegion(base=base, size=len(gguf._map))
+    base = ffi.from_buffer(mapping)
+    mapped = HostRegion(base=base, size=len(mapping))
+    weights = set(_weight_names(cls, params))
     for name, (ttype, shape) in _tensor_specs(cls, params, gguf, None).items():
         record = gguf.tensors.get(name)
-        if record is None:
+        if record is None or name not in weights:
             continue
-        start = gguf._data_offset + record.offset
+        start = gguf.tensor_file_offset(name)
         if record.type == ttype and tuple(record.shape) == shape and start % 32 == 0:
             mapped.tensors[name] = base + start
     return mapped if mapped.tensors else None
@@ -406,6 +455,54 @@ def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any],
 
 def _declared_names(cls: type, params: Mapping[str, Any]) -> list[str]:
     return [n for attr, t in cls._decl.tensors.items() for n in t.names(attr, params)]
+
+
+def _weight_names(cls: type, params: Mapping[str, Any]) -> list[str]:
+    return [n for attr, t in cls._decl.tensors.items() if t.role == 'weight' for n in t.names(attr, params)]
+
+
+def _required_weights(cls: type, params: Mapping[str, Any]) -> list[str]:
+    return [n for attr, t in cls._decl.tensors.items() if t.role == 'weight' and not t.optional
+            for n in t.names(attr, params)]
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    shown = ', '.join(names[:limit])
+    return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
+def _check_architecture(cls: type, gguf: GgufFile) -> None:
+    if not cls.architectures:
+        return
+    architecture = gguf.get_field('general.architecture', None)
+    if architecture not in cls.architectures:
+        where = str(gguf.path) if gguf.path else 'the GGUF file'
+        raise ModelFileError(f'{where} is a {architecture!r} model (general.architecture); {cls.__name__} '
+                             f'runs: {", ".join(cls.architectures)}')
+
+
+def _check_file_weights(cls: type, gguf: GgufFile, params: dict[str, Any], strict: bool) -> None:
+    """Every weight the model needs is in the file, in the declared shape; report what is unused."""
+    where = str(gguf.path) if gguf.path else 'the GGUF file'
+    missing = [n for n in _required_weights(cls, params) if n not in gguf.tensors]
+    if missing:
+        raise ModelFileError(f'{where}: {cls.__name__} needs weights the file lacks: {_listing(missing)} '
+                             f'(the file has {len(gguf.tensors)} tensors; a truncated or mislabelled file?)')
+    specs = _tensor_specs(cls, params, gguf, None)
+    wrong = []
+    for name in _weight_names(cls, params):
+        record = gguf.tensors.get(name)
+        if record is not None and name in specs and tuple(record.shape) != specs[name][1]:
+            wrong.append(f'{name} is {list(record.shape)}, expected {list(specs[name][1])}')
+    if wrong:
+        raise ModelFileError(f'{where}: weights of the wrong shape for {cls.__name__} (ggml order; the '
+                             f'shapes follow from the file\'s hyper-parameters): {_listing(wrong, 6)}')
+    unused = sorted(set(gguf.tensors) - set(_weight_names(cls, params)))
+    if unused and strict:
+        raise ModelFileError(f'{where}: tensors no part of {cls.__name__} uses (strict=True): '
+                             f'{_listing(unused)}')
+    if unused:
+        log.debug('%s: tensors %s uses none of: %s', where, cls.__name__, _listing(unused))
 
 
 def _tensor_specs(cls: type, params: dict[str, Any], gguf: GgufFile | None,

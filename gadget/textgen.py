@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .gguf import GgufFile
-from .models.llama import LlamaModel
+from .models import load_model
 from .sampling import Sampler, SamplingParams
 from .tokenizer import eog_token_ids, load_tokenizer
 
@@ -109,23 +109,20 @@ class TextGen:
         gguf_or_path: a :class:`GgufFile`, a path, or None for the default model.
         model_id: a folder with a ``tokenizer.json`` (or a Hugging Face id, which needs
             transformers); default: the tokenizer built from the GGUF file's own metadata (offline).
-        model_class: the architecture (default :class:`LlamaModel`).
+        model_class: the model class (default: the one registered for the file's
+            ``general.architecture``, e.g. :class:`~gadget.models.LlamaModel` for ``llama``).
         backend, n_threads, context_length, batch_size, ...: passed to the model.
         temperature, top_k, top_p, min_p, repetition_penalty: default sampling settings.
     """
 
     def __init__(self, gguf_or_path: GgufFile | str | os.PathLike | None = None, model_id: str | None = None,
-                 model_class: type = LlamaModel, **kwargs: Any):
+                 model_class: type | None = None, **kwargs: Any):
         defaults = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.__dataclass_fields__}
         self.defaults = SamplingParams(**defaults)
         if gguf_or_path is None:
             gguf_or_path = default_model_path()
-        if isinstance(gguf_or_path, GgufFile):
-            self.model = model_class.from_gguf(gguf_or_path, **kwargs)
-            path = gguf_or_path.path
-        else:
-            path = Path(gguf_or_path)
-            self.model = model_class.from_path(path, **kwargs)
+        self.model = load_model(gguf_or_path, model_class, **kwargs)
+        path = gguf_or_path.path if isinstance(gguf_or_path, GgufFile) else Path(gguf_or_path)
         try:
             self.tokenizer = load_tokenizer(path if model_id is None else None, model_id,
                                             gguf=self.model.gguf)

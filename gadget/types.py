@@ -3,20 +3,21 @@
 GGML types are ``GgmlType`` members (``gadget.ggml.GgmlType.F32`` ...), plain ints, or names
 (``'F32'``, ``'q4_0'``). Unquantized types map one-to-one to numpy dtypes (BF16 to
 ``ml_dtypes.bfloat16``); quantized types are stored as raw blocks (``uint8``) and their block
-geometry comes from GGML's own type traits.
+geometry comes from GGML's own type traits. The one place for type arithmetic: row sizes
+(:func:`row_size`), and quantizing / dequantizing numpy arrays through GGML's type traits.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Union
+from typing import Iterable, Union
 
 import numpy as np
 
 from .ggml import GgmlType, ffi, lib
 
 __all__ = ['TypeLike', 'as_ggml_type', 'type_name', 'numpy_dtype', 'ggml_type_for_dtype',
-           'is_quantized', 'bfloat16', 'block_size', 'type_size', 'row_size']
+           'is_quantized', 'bfloat16', 'block_size', 'type_size', 'row_size', 'quantize', 'dequantize_blocks']
 
 TypeLike = Union[GgmlType, int, str]
 
@@ -100,3 +101,50 @@ def ggml_type_for_dtype(dtype: np.dtype | type) -> GgmlType:
         return GgmlType.BF16
     supported = ', '.join(str(d) for d in [*_FROM_NUMPY, 'bfloat16'])
     raise TypeError(f'no GGML type holds numpy dtype {dt}; supported: {supported}')
+
+
+# --- GGML's type traits on numpy arrays ----------------------------------------------------------
+
+def quantize(array: np.ndarray, ggml_type: TypeLike) -> np.ndarray:
+    """Quantize a float array (numpy order) to raw ``uint8`` blocks shaped ``(..., bytes per row)``."""
+    t = as_ggml_type(ggml_type)
+    src = np.ascontiguousarray(array, dtype=np.float32)
+    if src.ndim == 0:
+        src = src.reshape(1)
+    n_per_row = src.shape[-1]
+    blck = block_size(t)
+    if n_per_row % blck:
+        raise ValueError(f'{type_name(t)} quantizes rows of a multiple of {blck} elements; '
+                         f'the array has rows of {n_per_row}')
+    if lib.ggml_quantize_requires_imatrix(t):
+        raise ValueError(f'{type_name(t)} needs an importance matrix to quantize; choose another type')
+    nrows = src.size // n_per_row if n_per_row else 0
+    out = np.empty(src.shape[:-1] + (row_size(t, n_per_row),), dtype=np.uint8)
+    if src.size:
+        lib.ggml_quantize_init(t)
+        lib.ggml_quantize_chunk(t, ffi.cast('float *', ffi.from_buffer(src)), ffi.from_buffer(out), 0,
+                                nrows, n_per_row, ffi.NULL)
+    return out
+
+
+def dequantize_blocks(blocks: np.ndarray, ggml_type: TypeLike,
+                      shape: Iterable[int] | None = None) -> np.ndarray:
+    """Decode raw blocks (``uint8``, ``(..., bytes per row)``) to float32 through GGML's type traits.
+
+    ``shape`` (ggml order) reshapes the result; by default it keeps the rows of ``blocks``.
+    """
+    t = as_ggml_type(ggml_type)
+    blocks = np.ascontiguousarray(blocks, dtype=np.uint8)
+    row_bytes = blocks.shape[-1] if blocks.ndim else blocks.size
+    if row_bytes % type_size(t):
+        raise ValueError(f'{row_bytes} bytes per row is not a whole number of {type_name(t)} blocks')
+    n_per_row = row_bytes // type_size(t) * block_size(t)
+    out = np.empty(blocks.shape[:-1] + (n_per_row,), dtype=np.float32)
+    traits = lib.ggml_get_type_traits(t)
+    if traits.to_float == ffi.NULL:
+        raise ValueError(f'GGML cannot decode {type_name(t)}')
+    if out.size:
+        traits.to_float(ffi.from_buffer(blocks), ffi.cast('float *', ffi.from_buffer(out)), out.size)
+    if shape is not None:
+        out = out.reshape(tuple(reversed(tuple(shape))))
+    return out

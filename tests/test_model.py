@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from gadget import GgmlCompute, GgmlModel, GgufFile, Parameter, State, Tensor
+from gadget import GgmlCompute, GgmlModel, GgufFile, Input, Parameter, State, Tensor
 from gadget import ggml as G
-from gadget.arrays import dequantize_blocks, quantize
+from gadget.types import dequantize_blocks, quantize
 from gadget.errors import BackendError
 from gadget.ggml import ggml_mul_mat
 from gadget.types import numpy_dtype
@@ -22,7 +22,7 @@ rng = np.random.default_rng(1234)
 
 class LinearModel(GgmlModel):
     weight: Tensor('F32', ('input_dim', 'output_dim'))
-    inputs: Tensor('F32', ('input_dim', 'batch_size'))
+    inputs: Input('F32', ('input_dim', 'batch_size'))
 
     def forward(self):
         ctx = self.ctx_graph
@@ -37,7 +37,7 @@ def test_readme_example_runs_verbatim():
     weight_np = rng.standard_normal((32, 256)).astype(np.float32)
     inputs_np = rng.standard_normal((16, 256)).astype(np.float32)
     scope = {'weight_np': weight_np, 'inputs_np': inputs_np}
-    exec('from gadget import GgmlModel, Tensor\nfrom gadget.ggml import ggml_mul_mat\n'
+    exec('from gadget import GgmlModel, Input, Tensor\nfrom gadget.ggml import ggml_mul_mat\n'
          + textwrap.dedent(block), scope)
     np.testing.assert_allclose(scope['output_np'], inputs_np @ weight_np.T, atol=1e-4, rtol=0)
     scope['model'].close()
@@ -71,7 +71,7 @@ def test_linear_torch_in_and_out():
 def test_low_precision_weights_convert_on_the_way_in(wtype, tol):
     class Model(GgmlModel):
         weight: Tensor(wtype, ('input_dim', 'output_dim'))
-        inputs: Tensor('F32', ('input_dim', 'batch_size'))
+        inputs: Input('F32', ('input_dim', 'batch_size'))
 
         def forward(self):
             w, x = self.tensors['weight', 'inputs']
@@ -93,7 +93,7 @@ def test_low_precision_weights_convert_on_the_way_in(wtype, tol):
 def test_prequantized_blocks_are_set_as_they_are():
     class Model(GgmlModel):
         weight: Tensor('Q4_0', (64, 4))
-        inputs: Tensor('F32', (64, 2))
+        inputs: Input('F32', (64, 2))
 
         def forward(self):
             w, x = self.tensors['weight', 'inputs']
@@ -129,7 +129,7 @@ class Scaled(GgmlModel):
     scale: Parameter(2.0)
     width: Parameter(lambda p: p['n'] * 2)
     mode: State('relu')
-    inputs: Tensor('F32', ('width',))
+    inputs: Input('F32', ('width',))
 
     def forward(self):
         self.builds = getattr(self, 'builds', 0) + 1
@@ -166,7 +166,7 @@ def test_get_rows_model_from_gguf_built_in_memory(tmp_path):
     class Embed(GgmlModel):
         n_vocab: Parameter('embed.vocab_size')
         token_embd: Tensor('F32', ('embed.dim', 'n_vocab'))
-        tokens: Tensor('I32', ('n_tokens',))
+        tokens: Input('I32', ('n_tokens',))
 
         def forward(self):
             embd, tokens = self.tensors['token_embd', 'tokens']

@@ -1,5 +1,8 @@
-"""Model architectures, one file each."""
+"""Model architectures, one file each, registered by ``general.architecture`` (see ``registry``)."""
 
-from .llama import ContextOverflowError, LlamaModel
+from ..errors import ContextOverflowError
+from .llama import LlamaModel
+from .registry import ARCHITECTURES, load_model, model_class_for, register, supported
 
-__all__ = ['LlamaModel', 'ContextOverflowError']
+__all__ = ['LlamaModel', 'ContextOverflowError', 'ARCHITECTURES', 'load_model', 'model_class_for', 'register',
+           'supported']

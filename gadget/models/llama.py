@@ -10,27 +10,25 @@ tokens. Shapes in comments are in ggml order.
 from __future__ import annotations
 
 import math
-import time
+import re
 from typing import Any
 
 import numpy as np
 
 from .. import ggml as G
-from ..errors import GadgetError
-from ..ggml import ffi, lib
-from ..model import GgmlModel, Parameter, State, Tensor
+from ..errors import ContextOverflowError
+from ..model import Buffer, GgmlModel, Input, Parameter, State, Tensor
 from .layers import Rope, cached_attention, rms_norm, swiglu_feed_forward
+from .registry import register
 
 __all__ = ['LlamaModel', 'ContextOverflowError', 'KV_STEP']
 
 KV_STEP = 256            # the attention window grows in steps of this many cache rows
 DEFAULT_CONTEXT = 4096   # default cap on the KV cache (the model's own length may be far larger)
+_SCORES = re.compile(r'attn\d+_scores')
 
 
-class ContextOverflowError(GadgetError, ValueError):
-    """The tokens would not fit in the model's context (KV cache)."""
-
-
+@register('llama')
 class LlamaModel(GgmlModel):
     """A Llama-architecture language model with a KV cache.
 
@@ -93,14 +91,14 @@ class LlamaModel(GgmlModel):
     rope_freqs: Tensor('F32', ('n_rot_half',), name='rope_freqs.weight', optional=True)
 
     # KV cache and per-call inputs
-    cache_k: Tensor('kv_type', ('n_kv', 'context_length'), name='cache_k.{i}', repeat='n_layer')
-    cache_v: Tensor('kv_type', ('v_ne0', 'v_ne1'), name='cache_v.{i}', repeat='n_layer')
-    tokens: Tensor('I32', ('batch_size',))
-    positions: Tensor('I32', ('batch_size',))
-    kv_index: Tensor('I64', ('batch_size',))
-    out_index: Tensor('I32', ('batch_size',))
-    v_index: Tensor('I64', ('v_index_size',))
-    mask: Tensor('F16', ('mask_size',))
+    cache_k: Buffer('kv_type', ('n_kv', 'context_length'), name='cache_k.{i}', repeat='n_layer')
+    cache_v: Buffer('kv_type', ('v_ne0', 'v_ne1'), name='cache_v.{i}', repeat='n_layer')
+    tokens: Input('I32', ('batch_size',))
+    positions: Input('I32', ('batch_size',))
+    kv_index: Input('I64', ('batch_size',))
+    out_index: Input('I32', ('batch_size',))
+    v_index: Input('I64', ('v_index_size',))
+    mask: Input('F16', ('mask_size',))
 
     # what the graph is built for
     n_tokens: State(1)
@@ -117,7 +115,6 @@ class LlamaModel(GgmlModel):
             n_rot=int(p['n_rot']), mode=0, n_ctx_orig=int(p['n_ctx_orig']), freq_base=float(p['rope_base']),
             freq_scale=1.0 / factor if p['rope_scaling'] == 'linear' and factor > 0 else 1.0)
         self.n_past = 0
-        self.compute_seconds = 0.0
         self.state['n_window'] = min(KV_STEP, int(p['context_length']))
 
     # --- the graph ------------------------------------------------------------------------------
@@ -127,6 +124,8 @@ class LlamaModel(GgmlModel):
         n_tokens, n_window, n_outputs = (self.state['n_tokens'], self.state['n_window'],
                                          self.state['n_outputs'])
         unfused = {il % p['n_layer'] for il in self.state['unfused_attention']}
+        # Keep exactly the score nodes this graph has: those of layers no longer unfused are gone.
+        self.keep.difference_update([k for k in self.keep if _SCORES.fullmatch(k)])
         self.keep.update(f'attn{il}_scores' for il in unfused)
         n_layer, head_dim = p['n_layer'], p['head_dim']
         tokens = G.ggml_view_1d(ctx, T['tokens'], n_tokens, 0)
@@ -229,28 +228,18 @@ class LlamaModel(GgmlModel):
         # mask[t, j] = 0 where cache row j holds a position <= the token's own, -inf elsewhere
         mask = np.where(np.arange(window)[None, :] <= positions[:, None], 0.0, -np.inf).astype(np.float16)
         out_index = np.arange(n - n_out, n, dtype=np.int32)
-        self._write('tokens', chunk)
-        self._write('positions', positions)
-        self._write('kv_index', positions.astype(np.int64))
-        self._write('out_index', out_index)
-        self._write('mask', mask)
+        self.write('tokens', chunk)
+        self.write('positions', positions)
+        self.write('kv_index', positions.astype(np.int64))
+        self.write('out_index', out_index)
+        self.write('mask', mask)
         if not self.params['flash_attn']:
             # element (d, t) of the transposed new values goes to cache_v[d, position_t]
             d = np.arange(self.params['n_kv'], dtype=np.int64)[:, None]
-            self._write('v_index', (d * n_ctx + positions[None, :]).ravel())
-        started = time.perf_counter()
-        status = lib.ggml_backend_graph_compute(self.backend.handle, self.graph)
-        self.compute_seconds += time.perf_counter() - started   # for profiling Python overhead
-        if status != lib.GGML_STATUS_SUCCESS:
-            raise GadgetError(f'graph compute failed: status {status}')
+            self.write('v_index', (d * n_ctx + positions[None, :]).ravel())
+        self.run()
         self.n_past = n_past + n
-        logits = np.empty((n_out, self.params['n_vocab']), dtype=np.float32)
-        lib.ggml_backend_tensor_get(self.outputs[0], ffi.from_buffer(logits), 0, logits.nbytes)
-        return logits
-
-    def _write(self, name: str, array: np.ndarray) -> None:
-        # The per-token fast path: the shapes and types are right by construction.
-        lib.ggml_backend_tensor_set(self.tensors[name], ffi.from_buffer(array), 0, array.nbytes)
+        return self.read(np.empty((n_out, self.params['n_vocab']), dtype=np.float32))
 
     def attention_scores(self, layer: int = -1) -> np.ndarray:
         """The last call's scaled, masked pre-softmax attention scores of ``layer`` (numpy
