@@ -2,9 +2,10 @@
 
 Weights load by their GGUF (llama.cpp) names. The graph is built for a (batch length, attention
 window, outputs) triple and reused for every call with the same triple: decoding builds it once,
-then only sets four small input tensors per token (token ids, positions, cache rows, mask); the
-attention window grows in steps of ``KV_STEP`` cache rows, so it is rebuilt once per ``KV_STEP``
-tokens. Shapes in comments are in ggml order.
+then only sets a few small inputs per token (token ids, positions, cache rows, mask), which the
+KV cache's bookkeeping (:class:`~gadget.models.cache.KVCache`) plans; the attention window grows
+in steps of ``KV_STEP`` cells, so the graph is rebuilt once per ``KV_STEP`` tokens. Shapes in
+comments are in ggml order.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import numpy as np
 from .. import ggml as G
 from ..errors import ContextOverflowError
 from ..model import Buffer, GgmlModel, Input, Parameter, State, Tensor
-from .layers import Rope, cached_attention, rms_norm, swiglu_feed_forward
+from .cache import KV_STEP, KVCache
+from .layers import Rope, attention, kv_cache_write, rms_norm, swiglu_feed_forward
 from .registry import register
 
 __all__ = ['LlamaModel', 'ContextOverflowError', 'KV_STEP']
 
-KV_STEP = 256            # the attention window grows in steps of this many cache rows
 DEFAULT_CONTEXT = 4096   # default cap on the KV cache (the model's own length may be far larger)
 _SCORES = re.compile(r'attn\d+_scores')
 
@@ -114,7 +115,7 @@ class LlamaModel(GgmlModel):
         self.rope = Rope(
             n_rot=int(p['n_rot']), mode=0, n_ctx_orig=int(p['n_ctx_orig']), freq_base=float(p['rope_base']),
             freq_scale=1.0 / factor if p['rope_scaling'] == 'linear' and factor > 0 else 1.0)
-        self.n_past = 0
+        self.cache = KVCache(int(p['context_length']), int(p['n_kv']), transposed_v=not p['flash_attn'])
         self.state['n_window'] = min(KV_STEP, int(p['context_length']))
 
     # --- the graph ------------------------------------------------------------------------------
@@ -150,10 +151,12 @@ class LlamaModel(GgmlModel):
                                   head_dim, p['n_head_kv'], n_tokens)
             q = self.rope(ctx, q, positions, freq_factors, name=f'q_rope{il}')
             k = self.rope(ctx, k, positions, freq_factors, name=f'k_rope{il}')
-            attn = cached_attention(ctx, q, k, v, cache_k=T[f'cache_k.{il}'], cache_v=T[f'cache_v.{il}'],
-                                    kv_index=kv_index, mask=mask, n_kv=n_window, scale=scale,
-                                    name=f'attn{il}', fused=p['flash_attn'] and il not in unfused,
-                                    scores=il in unfused, v_index=v_index)   # (n_q, n_tokens)
+            keys, values, values_t = kv_cache_write(
+                ctx, k, v, cache_k=T[f'cache_k.{il}'], cache_v=T[f'cache_v.{il}'], rows=kv_index,
+                n_window=n_window, v_index=v_index, name=f'attn{il}')
+            attn = attention(ctx, q, keys, values=values, values_t=values_t, mask=mask, scale=scale,
+                             name=f'attn{il}', fused=p['flash_attn'] and il not in unfused,
+                             scores=il in unfused)                                  # (n_q, n_tokens)
             attn = G.ggml_mul_mat(ctx, T[f'blk.{il}.attn_output.weight'], attn, name=f'attn_out{il}')
             if il == n_layer - 1 and n_outputs < n_tokens:
                 # Only the output positions go through the last feed-forward block and the head.
@@ -171,15 +174,18 @@ class LlamaModel(GgmlModel):
 
     # --- running it -------------------------------------------------------------------------------
 
+    @property
+    def n_past(self) -> int:
+        """Tokens in the cache."""
+        return self.cache.n_past()
+
     def reset(self) -> None:
         """Forget every cached token."""
-        self.n_past = 0
+        self.cache.clear()
 
     def rewind(self, n_keep: int) -> None:
         """Keep only the first ``n_keep`` cached tokens (the rest are overwritten by later calls)."""
-        if not 0 <= n_keep <= self.n_past:
-            raise ValueError(f'rewind({n_keep}): the cache holds {self.n_past} tokens')
-        self.n_past = n_keep
+        self.cache.keep(n_keep)
 
     def __call__(self, tokens: Any, all_logits: bool = False) -> np.ndarray:  # type: ignore[override]
         """Evaluate ``tokens`` after the cached ones; return the last position's logits (n_vocab,)
@@ -191,54 +197,39 @@ class LlamaModel(GgmlModel):
             raise ValueError(f'tokens must be a non-empty 1-D sequence of ids, got shape {ids.shape}')
         if not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f'token ids must be integers, got {ids.dtype}')
-        n_vocab, n_ctx = self.params['n_vocab'], self.params['context_length']
+        n_vocab = self.params['n_vocab']
         bad = (ids < 0) | (ids >= n_vocab)
         if bad.any():
             raise ValueError(f'token id {int(ids[bad][0])} is out of range for a vocabulary of {n_vocab}')
-        if self.n_past + ids.size > n_ctx:
-            raise ContextOverflowError(
-                f'{ids.size} new tokens after {self.n_past} cached ones exceed context_length '
-                f'({n_ctx}): reset() or rewind(), or load the model with a larger context_length')
+        self.cache.check_fits(ids.size)        # before anything is computed
         ids = ids.astype(np.int32)
         batch = self.params['batch_size']
         outputs = []
         for start in range(0, ids.size, batch):
             chunk = ids[start:start + batch]
-            last = start + batch >= ids.size
             n_out = chunk.size if all_logits else 1
             logits = self._step(chunk, n_out)
-            if all_logits:
+            if all_logits or start + batch >= ids.size:
                 outputs.append(logits)
-            elif last:
-                outputs.append(logits[-1])
-        return np.concatenate(outputs) if all_logits else outputs[0]
+        return np.concatenate(outputs) if all_logits else outputs[-1][-1]
 
     def _step(self, chunk: np.ndarray, n_out: int) -> np.ndarray:
         n = chunk.size
-        n_past = self.n_past
-        n_ctx = self.params['context_length']
-        window = min(n_ctx, -(-(n_past + n) // KV_STEP) * KV_STEP)
-        state = self.state
-        for key, value in (('n_tokens', n), ('n_window', window), ('n_outputs', n_out)):
-            if state[key] != value:
-                state[key] = value
+        plan = self.cache.plan(n)
+        for key, value in (('n_tokens', n), ('n_window', plan.window), ('n_outputs', n_out)):
+            if self.state[key] != value:
+                self.state[key] = value
         if self._dirty or self.graph is None:
             self.rebuild_graph()
-        positions = np.arange(n_past, n_past + n, dtype=np.int32)
-        # mask[t, j] = 0 where cache row j holds a position <= the token's own, -inf elsewhere
-        mask = np.where(np.arange(window)[None, :] <= positions[:, None], 0.0, -np.inf).astype(np.float16)
-        out_index = np.arange(n - n_out, n, dtype=np.int32)
         self.write('tokens', chunk)
-        self.write('positions', positions)
-        self.write('kv_index', positions.astype(np.int64))
-        self.write('out_index', out_index)
-        self.write('mask', mask)
-        if not self.params['flash_attn']:
-            # element (d, t) of the transposed new values goes to cache_v[d, position_t]
-            d = np.arange(self.params['n_kv'], dtype=np.int64)[:, None]
-            self.write('v_index', (d * n_ctx + positions[None, :]).ravel())
+        self.write('positions', plan.positions)
+        self.write('kv_index', plan.rows)
+        self.write('out_index', np.arange(n - n_out, n, dtype=np.int32))
+        self.write('mask', plan.mask)
+        if plan.v_index is not None:
+            self.write('v_index', plan.v_index)
         self.run()
-        self.n_past = n_past + n
+        self.cache.commit(plan)
         return self.read(np.empty((n_out, self.params['n_vocab']), dtype=np.float32))
 
     def attention_scores(self, layer: int = -1) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""The KV cache's bookkeeping: which cell holds which position of which sequence.
+
+The cache tensors themselves are declared by the model (``Buffer`` tensors, one K and one V per
+layer, ``n_ctx`` cells each) and written by its graph; this object decides where new tokens go and
+builds the per-call inputs from its cells, as llama.cpp's ``llama_kv_cache`` does:
+
+* ``rows``: the cells the new tokens' keys and values are written to;
+* ``positions``: each new token's position in its sequence;
+* ``mask``: F16 ``(n_tokens, window)`` in numpy order, 0 where a token may attend to a cell (same
+  sequence, position not after its own), ``-inf`` elsewhere, over the first ``window`` cells
+  (a multiple of ``step``, so the graph is rebuilt only when the window grows);
+* ``v_index``: for a V cache stored transposed (positions along rows, as llama.cpp keeps it without
+  flash attention), the flat element index of each new value.
+
+A call is planned with :meth:`plan` (nothing changes) and recorded with :meth:`commit` once the
+graph has run, so a failed call leaves the cache as it was. Today's models decode one sequence
+(id 0); the cells already carry sequence ids for batched decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ContextOverflowError
+
+__all__ = ['KVCache', 'CachePlan', 'KV_STEP']
+
+KV_STEP = 256   # the attention window grows in steps of this many cells
+
+_EMPTY = -1
+
+
+@dataclass
+class CachePlan:
+    """The inputs of one call (see the module docstring), for ``seq`` ids ``seqs``."""
+    rows: np.ndarray          # int64 (n_tokens,)
+    positions: np.ndarray     # int32 (n_tokens,)
+    seqs: np.ndarray          # int32 (n_tokens,)
+    window: int
+    mask: np.ndarray          # float16 (n_tokens, window)
+    v_index: np.ndarray | None
+
+
+class KVCache:
+    """Cells of a KV cache of ``n_ctx`` cells of ``row`` values each (``head_dim * n_head_kv``).
+
+    Arguments:
+        n_ctx: cells (the context length).
+        row: values per cell and layer (``head_dim * n_head_kv``).
+        transposed_v: the V cache is stored transposed, so :meth:`plan` also gives ``v_index``.
+        step: the attention window grows in multiples of this many cells.
+    """
+
+    def __init__(self, n_ctx: int, row: int, transposed_v: bool, step: int = KV_STEP):
+        if n_ctx <= 0:
+            raise ValueError(f'a KV cache needs at least one cell, got n_ctx={n_ctx}')
+        self.n_ctx, self.row, self.transposed_v, self.step = int(n_ctx), int(row), transposed_v, int(step)
+        self.cell_pos = np.full(self.n_ctx, _EMPTY, dtype=np.int64)
+        self.cell_seq = np.full(self.n_ctx, _EMPTY, dtype=np.int32)
+
+    # --- sequences --------------------------------------------------------------------------------
+
+    def n_past(self, seq: int = 0) -> int:
+        """Tokens of sequence ``seq`` in the cache."""
+        return int(np.count_nonzero(self.cell_seq == seq))
+
+    def clear(self) -> None:
+        """Empty every cell."""
+        self.cell_pos.fill(_EMPTY)
+        self.cell_seq.fill(_EMPTY)
+
+    def keep(self, n_keep: int, seq: int = 0) -> None:
+        """Keep only the first ``n_keep`` positions of sequence ``seq`` (the rest of its cells are freed;
+        their contents are never read again, being masked, and later calls overwrite them)."""
+        n = self.n_past(seq)
+        if not 0 <= n_keep <= n:
+            raise ValueError(f'rewind({n_keep}): the cache holds {n} tokens')
+        drop = (self.cell_seq == seq) & (self.cell_pos >= n_keep)
+        self.cell_pos[drop] = _EMPTY
+        self.cell_seq[drop] = _EMPTY
+
+    # --- one call ---------------------------------------------------------------------------------
+
+    def check_fits(self, n_tokens: int, seq: int = 0) -> None:
+        """:class:`ContextOverflowError` unless ``n_tokens`` more tokens fit in the free cells."""
+        free = int(np.count_nonzero(self.cell_seq == _EMPTY))
+        if n_tokens > free:
+            raise ContextOverflowError(
+                f'{n_tokens} new tokens after {self.n_past(seq)} cached ones exceed context_length '
+                f'({self.n_ctx}): reset() or rewind(), or load the model with a larger context_length')
+
+    def plan(self, n_tokens: int, seq: int = 0) -> CachePlan:
+        """Where ``n_tokens`` new tokens of sequence ``seq`` go, and the inputs to compute them;
+        :class:`ContextOverflowError` (nothing changed) when they do not fit."""
+        self.check_fits(n_tokens, seq)
+        free = np.flatnonzero(self.cell_seq == _EMPTY)
+        n_past = self.n_past(seq)
+        rows = free[:n_tokens].astype(np.int64)
+        positions = np.arange(n_past, n_past + n_tokens, dtype=np.int32)
+        seqs = np.full(n_tokens, seq, dtype=np.int32)
+        used = np.flatnonzero(self.cell_seq != _EMPTY)
+        last = max(int(rows[-1]) if n_tokens else 0, int(used[-1]) if used.size else 0)
+        window = min(self.n_ctx, (last // self.step + 1) * self.step)
+        # The cells as they will be once this call has run, over the window.
+        cell_pos, cell_seq = self.cell_pos[:window].copy(), self.cell_seq[:window].copy()
+        cell_pos[rows], cell_seq[rows] = positions, seqs
+        visible = (cell_seq[None, :] == seqs[:, None]) & (cell_pos[None, :] <= positions[:, None])
+        mask = np.where(visible, 0.0, -np.inf).astype(np.float16)
+        v_index = None
+        if self.transposed_v:
+            # element (d, t) of the transposed new values goes to cache_v[d, row_t]
+            d = np.arange(self.row, dtype=np.int64)[:, None]
+            v_index = (d * self.n_ctx + rows[None, :]).ravel()
+        return CachePlan(rows=rows, positions=positions, seqs=seqs, window=window, mask=mask, v_index=v_index)
+
+    def commit(self, plan: CachePlan) -> None:
+        """Record a planned call whose graph has run: its cells now hold its tokens."""
+        self.cell_pos[plan.rows] = plan.positions
+        self.cell_seq[plan.rows] = plan.seqs
