@@ -1,11 +1,13 @@
-"""The portable build against the native build, same run: matmul GFLOPS and SmolLM2 prefill/decode.
+"""Builds or checkouts of gadget side by side, same run: matmul GFLOPS and SmolLM2 prefill/decode.
 
-A portable build (``GADGET_PORTABLE=1``) loads the CPU module for the running CPU's x86-64 level
-at run time; a native build is compiled for the build machine (``GGML_NATIVE``). Give each build's
-interpreter (a virtual environment with that wheel installed); the measurements run in fresh
-processes, alternating between the builds, and the medians are printed side by side.
+Each ``--build LABEL=PYTHON[:SOURCE]`` names an interpreter (e.g. a virtual environment with a
+native or a portable wheel installed) and optionally a source tree put first on its path (e.g. a
+git worktree of an older commit, with the compiled extension copied in). The measurements run in
+fresh processes, alternating between the builds, and the medians are printed side by side with
+each build's ratio to the first. A portable build (``GADGET_PORTABLE=1``) loads the CPU module for
+the running CPU's x86-64 level at run time; a native build is compiled for the build machine.
 
-Usage: python benchmarks/bench_builds.py --native VENV/bin/python --portable VENV/bin/python
+Usage: python benchmarks/bench_builds.py --build native=VENV1/bin/python --build portable=VENV2/bin/python
        [--threads 2] [--repeats 5]
 """
 
@@ -40,25 +42,33 @@ print(json.dumps(out))
 '''
 
 
-def measure(python: str, threads: int) -> dict:
+def measure(python: str, source: str | None, threads: int) -> dict:
+    env = dict(os.environ)
+    if source:
+        env['PYTHONPATH'] = source + os.pathsep + env.get('PYTHONPATH', '')
     out = subprocess.run([python, '-c', MEASURE, HERE, str(threads)], check=True, capture_output=True,
-                         text=True, cwd='/').stdout
+                         text=True, cwd='/', env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--native', required=True, help="python of an environment with the native build")
-    parser.add_argument('--portable', required=True, help="python of an environment with the portable build")
+    parser.add_argument('--build', action='append', required=True, metavar='LABEL=PYTHON[:SOURCE]',
+                        help='a build to measure (repeatable; the first is the reference)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
     args = parser.parse_args()
-    builds = {'native': args.native, 'portable': args.portable}
+    builds = {}
+    for spec in args.build:
+        label, _, where = spec.partition('=')
+        python, _, source = where.partition(':')
+        builds[label] = (python, source or None)
     runs: dict[str, list[dict]] = {name: [] for name in builds}
     for _ in range(args.repeats):
-        for name, python in builds.items():
-            runs[name].append(measure(python, args.threads))
-    keys = [k for k in runs['native'][0] if k != 'cpu module']
+        for name, (python, source) in builds.items():
+            runs[name].append(measure(python, source, args.threads))
+    first = next(iter(builds))
+    keys = [k for k in runs[first][0] if k != 'cpu module']
     print(f'{args.threads} threads, median of {args.repeats} alternating runs')
     print('| build | CPU module | ' + ' | '.join(keys) + ' |')
     print('|---|---|' + '---|' * len(keys))
@@ -67,8 +77,9 @@ def main() -> None:
         medians[name] = {k: statistics.median(r[k] for r in results) for k in keys}
         cells = ' | '.join(f'{medians[name][k]:.1f}' for k in keys)
         print(f'| {name} | {results[0]["cpu module"]} | {cells} |')
-    ratios = ' | '.join(f'{medians["portable"][k] / medians["native"][k]:.2f}' for k in keys)
-    print(f'| portable / native | | {ratios} |')
+    for name in list(builds)[1:]:
+        ratios = ' | '.join(f'{medians[name][k] / medians[first][k]:.2f}' for k in keys)
+        print(f'| {name} / {first} | | {ratios} |')
 
 
 if __name__ == '__main__':

@@ -130,9 +130,11 @@ class Backend:
 
     @property
     def buffer_type(self) -> Any:
+        """The backend's default buffer type (where its tensors are allocated)."""
         return lib.ggml_backend_get_default_buffer_type(self.handle)
 
     def set_n_threads(self, n_threads: int) -> None:
+        """Set the CPU threads (the CPU backend only; others ignore it)."""
         if self.kind != 'cpu':
             return
         if not isinstance(n_threads, int) or n_threads < 1:
@@ -141,6 +143,7 @@ class Backend:
         self.n_threads = n_threads
 
     def description(self) -> str:
+        """The device's description (e.g. the CPU or GPU model)."""
         return _text(lib.ggml_backend_dev_description(self.device))
 
     def close(self) -> None:

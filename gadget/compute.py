@@ -277,9 +277,11 @@ class GgmlCompute:
         return self.graph
 
     def n_nodes(self) -> int:
+        """The number of nodes of the current graph."""
         return lib.ggml_graph_n_nodes(self._require_graph())
 
     def named_nodes(self) -> list[str]:
+        """The names of the current graph's named nodes, in graph order."""
         graph = self._require_graph()
         names = []
         for i in range(lib.ggml_graph_n_nodes(graph)):
@@ -342,10 +344,12 @@ class GgmlCompute:
 
     @property
     def n_threads(self) -> int:
+        """CPU threads the backend computes with."""
         return self.backend.n_threads
 
     @n_threads.setter
     def n_threads(self, value: int) -> None:
+        """CPU threads the backend computes with."""
         self.backend.set_n_threads(value)
 
     def graph_memory(self) -> int:

@@ -217,12 +217,14 @@ class GgufTensor:
 
     @property
     def array(self) -> np.ndarray:
+        """The data in numpy order (a read-only view of the mapping for a tensor read from a file)."""
         if self._array is None:
             self._array = self._source._tensor_array(self)
         return self._array
 
     @property
     def n_elements(self) -> int:
+        """The number of elements (the product of the shape)."""
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
     def __repr__(self) -> str:
@@ -465,6 +467,7 @@ class GgufFile:
         return self._field(name).type
 
     def get_field_element_type(self, name: str) -> GgufType | None:
+        """The element type of an array field (None for other fields)."""
         return self._field(name).element_type
 
     def _field(self, name: str) -> _Field:
@@ -485,6 +488,7 @@ class GgufFile:
         return self._tensor(name).array
 
     def get_tensor_type(self, name: str) -> GgmlType:
+        """The GGML type of tensor ``name``."""
         return self._tensor(name).type
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
@@ -522,6 +526,7 @@ class GgufFile:
         self._fields[name] = _Field(type=vtype, element_type=etype, value=value, loaded=True)
 
     def remove_field(self, name: str) -> None:
+        """Remove field ``name`` (an error naming the fields there are when it is absent)."""
         self._field(name)
         del self._fields[name]
 
@@ -573,6 +578,7 @@ class GgufFile:
         self.tensors[name] = GgufTensor(name, gtype, shape, data.nbytes, array=data)
 
     def remove_tensor(self, name: str) -> None:
+        """Remove tensor ``name`` from the tensors to be saved."""
         self._tensor(name)
         del self.tensors[name]
 

@@ -407,6 +407,7 @@ class GgmlModel(GgmlCompute):
         object.__setattr__(self, '_dirty', False)
 
     def compute(self) -> Any:
+        """Rebuild the graph if a state changed, then compute it (see :meth:`GgmlCompute.compute`)."""
         if self._dirty or self.graph is None:
             self.rebuild_graph()
         return super().compute()
@@ -427,6 +428,7 @@ class GgmlModel(GgmlCompute):
             object.__setattr__(self, name, value)
 
     def close(self) -> None:
+        """Free the model, and its GGUF file when it owns it (opened by path); idempotent."""
         super().close()
         if self.__dict__.get('_owns_gguf') and self.gguf is not None:
             self.gguf.close()

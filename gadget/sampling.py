@@ -23,6 +23,7 @@ __all__ = ['SamplingParams', 'Sampler', 'softmax']
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """The softmax of ``logits`` in float64 (shifted by the maximum, so it never overflows)."""
     z = logits.astype(np.float64) - np.max(logits)
     e = np.exp(z)
     return e / e.sum()
@@ -30,6 +31,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """Sampling settings, validated on creation (see the module docstring for their meaning and order)."""
+
     temperature: float = 0.7
     top_k: int = 0
     top_p: float = 1.0
@@ -58,6 +61,7 @@ class Sampler:
         self.rng = np.random.default_rng(seed)
 
     def penalise(self, logits: np.ndarray, context: Iterable[int]) -> np.ndarray:
+        """``logits`` with the repetition penalty applied to the tokens of ``context``."""
         penalty = self.params.repetition_penalty
         seen = np.fromiter(set(context), dtype=np.int64)
         if penalty == 1.0 or seen.size == 0:

@@ -139,6 +139,7 @@ class TextGen:
         return self.tokenizer.encode(text, add_special_tokens=special)
 
     def detokenize(self, tokens: Sequence[int], skip_special: bool = True) -> str:
+        """The text of ``tokens`` (special tokens left out unless ``skip_special=False``)."""
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special)
 
     def reset(self) -> None:
@@ -220,6 +221,7 @@ class TextGen:
             yield text[emitted:]
 
     def close(self) -> None:
+        """Free the model (and its file); idempotent."""
         self.model.close()
 
     def __enter__(self) -> 'TextGen':

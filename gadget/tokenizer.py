@@ -170,15 +170,19 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Tokens in the vocabulary, added tokens included."""
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def get_vocab(self) -> dict[str, int]:
+        """``token -> id`` of every token, added tokens included."""
         return self.backend.get_vocab(with_added_tokens=True)
 
     def token_to_id(self, token: str) -> int | None:
+        """The id of a token's text, or None."""
         return self.backend.token_to_id(token)
 
     def id_to_token(self, token_id: int) -> str | None:
+        """The text of a token id, or None."""
         return self.backend.id_to_token(int(token_id))
 
     def _special_id(self, name: str) -> int | None:
@@ -187,10 +191,12 @@ class Tokenizer:
 
     @property
     def bos_token_id(self) -> int | None:
+        """The id of the beginning-of-sequence token, or None."""
         return self._special_id('bos_token')
 
     @property
     def eos_token_id(self) -> int | None:
+        """The id of the end-of-sequence token, or None."""
         return self._special_id('eos_token')
 
     # --- chat -----------------------------------------------------------------------------------

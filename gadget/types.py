@@ -63,6 +63,7 @@ def type_name(value: TypeLike) -> str:
 
 
 def is_quantized(value: TypeLike) -> bool:
+    """Whether a type stores blocks of quantized values."""
     return bool(lib.ggml_is_quantized(as_ggml_type(value)))
 
 
