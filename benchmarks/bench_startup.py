@@ -9,12 +9,12 @@ Runs alternate (gadget, llama-cpp-python, ...) so both see the same machine stat
 ``--repeats``. llama-cpp-python is skipped with a message when it is not installed.
 
 Usage: python benchmarks/bench_startup.py [--model FILE.gguf] [--threads 2] [--repeats 7]
+       [--llama-python PYTHON]   (gadget runs in this interpreter, the peer in PYTHON)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import statistics
@@ -60,14 +60,17 @@ def main() -> None:
     parser.add_argument('--model', default=None, help='GGUF file (default: SmolLM2-135M-Instruct Q4_1)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--llama-python', default=sys.executable,
+                        help='the interpreter with llama-cpp-python installed (default: this one)')
     args = parser.parse_args()
     model = str(args.model or default_model_path())
     threads = str(args.threads)
 
     runs = {'gadget generate -n 8': [gadget_command() + ['generate', PROMPT, '-m', model, '-n', '8',
                                                          '--temperature', '0', '--threads', threads]]}
-    if importlib.util.find_spec('llama_cpp') is not None:
-        runs['llama-cpp-python script'] = [[sys.executable, '-c', LLAMA_CPP_SCRIPT, model, threads, PROMPT]]
+    peer = [args.llama_python, '-c']
+    if subprocess.run(peer + ['import llama_cpp'], capture_output=True).returncode == 0:
+        runs['llama-cpp-python script'] = [peer + [LLAMA_CPP_SCRIPT, model, threads, PROMPT]]
     else:
         print('llama-cpp-python is not installed: only gadget is timed '
               '(CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36)')
