@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from .ggml import GgmlType
 from .gguf import GgufFile, GgufTensor
+from .gguf import keys as K
 from .types import is_quantized, numpy_dtype, quantize, row_size
 
 __all__ = ['OUTTYPES', 'LlamaHparams', 'convert_llama', 'llama3_rope_factors', 'llama_hparams']
@@ -393,31 +394,32 @@ def _plan_tensors(source: _TensorSource, hp: LlamaHparams, outtype: str) -> list
 
 def _set_model_fields(gguf: GgufFile, hp: LlamaHparams, name: str, n_vocab: int, outtype: str) -> None:
     u32, f32 = 'UINT32', 'FLOAT32'
-    gguf.set_field('general.architecture', 'llama')
-    gguf.set_field('general.type', 'model')
-    gguf.set_field('general.name', name)
-    gguf.set_field('general.file_type', OUTTYPES[outtype][1], type=u32)
+    gguf.set_field(K.ARCHITECTURE, 'llama')
+    gguf.set_field(K.TYPE, 'model')
+    gguf.set_field(K.NAME, name)
+    gguf.set_field(K.FILE_TYPE, OUTTYPES[outtype][1], type=u32)
     if is_quantized(OUTTYPES[outtype][0]):
-        gguf.set_field('general.quantization_version', _QUANTIZATION_VERSION, type=u32)
-    gguf.set_field('llama.vocab_size', n_vocab, type=u32)
-    gguf.set_field('llama.context_length', hp.n_ctx, type=u32)
-    gguf.set_field('llama.embedding_length', hp.n_embd, type=u32)
-    gguf.set_field('llama.block_count', hp.n_layer, type=u32)
-    gguf.set_field('llama.feed_forward_length', hp.n_ff, type=u32)
-    gguf.set_field('llama.attention.head_count', hp.n_head, type=u32)
-    gguf.set_field('llama.attention.head_count_kv', hp.n_head_kv, type=u32)
+        gguf.set_field(K.QUANTIZATION_VERSION, _QUANTIZATION_VERSION, type=u32)
+    gguf.set_field(K.arch_key(K.VOCAB_SIZE, 'llama'), n_vocab, type=u32)
+    gguf.set_field(K.arch_key(K.CONTEXT_LENGTH, 'llama'), hp.n_ctx, type=u32)
+    gguf.set_field(K.arch_key(K.EMBEDDING_LENGTH, 'llama'), hp.n_embd, type=u32)
+    gguf.set_field(K.arch_key(K.BLOCK_COUNT, 'llama'), hp.n_layer, type=u32)
+    gguf.set_field(K.arch_key(K.FEED_FORWARD_LENGTH, 'llama'), hp.n_ff, type=u32)
+    gguf.set_field(K.arch_key(K.HEAD_COUNT, 'llama'), hp.n_head, type=u32)
+    gguf.set_field(K.arch_key(K.HEAD_COUNT_KV, 'llama'), hp.n_head_kv, type=u32)
     if hp.head_dim != hp.n_embd // hp.n_head:
-        gguf.set_field('llama.attention.key_length', hp.head_dim, type=u32)
-        gguf.set_field('llama.attention.value_length', hp.head_dim, type=u32)
-    gguf.set_field('llama.attention.layer_norm_rms_epsilon', hp.rms_eps, type=f32)
-    gguf.set_field('llama.rope.freq_base', hp.rope_base, type=f32)
-    gguf.set_field('llama.rope.dimension_count', hp.head_dim, type=u32)
+        gguf.set_field(K.arch_key(K.KEY_LENGTH, 'llama'), hp.head_dim, type=u32)
+        gguf.set_field(K.arch_key(K.VALUE_LENGTH, 'llama'), hp.head_dim, type=u32)
+    gguf.set_field(K.arch_key(K.LAYER_NORM_RMS_EPSILON, 'llama'), hp.rms_eps, type=f32)
+    gguf.set_field(K.arch_key(K.ROPE_FREQ_BASE, 'llama'), hp.rope_base, type=f32)
+    gguf.set_field(K.arch_key(K.ROPE_DIMENSION_COUNT, 'llama'), hp.head_dim, type=u32)
     if hp.rope_type == 'linear':
-        gguf.set_field('llama.rope.scaling.type', 'linear')
-        gguf.set_field('llama.rope.scaling.factor', float(hp.rope['factor']), type=f32)
+        gguf.set_field(K.arch_key(K.ROPE_SCALING_TYPE, 'llama'), 'linear')
+        gguf.set_field(K.arch_key(K.ROPE_SCALING_FACTOR, 'llama'), float(hp.rope['factor']), type=f32)
         original = hp.rope.get('original_max_position_embeddings')
         if original:
-            gguf.set_field('llama.rope.scaling.original_context_length', int(original), type=u32)
+            gguf.set_field(K.arch_key(K.ROPE_SCALING_ORIGINAL_CONTEXT_LENGTH, 'llama'), int(original),
+                           type=u32)
     # 'llama3' scaling is carried by the rope_freqs.weight tensor alone, as llama.cpp writes it.
 
 
@@ -508,11 +510,11 @@ def _set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int, hp: Llam
         pres = [p.get('type') for p in _components(spec.get('pre_tokenizer'))]
         if 'ByteLevel' not in decoders and 'ByteLevel' not in pres:
             raise ValueError('unsupported tokenizer: BPE that is neither byte-level nor byte-fallback')
-        gguf.set_field('tokenizer.ggml.model', 'gpt2')
-        gguf.set_field('tokenizer.ggml.pre', _pre_tokenizer_name(spec.get('pre_tokenizer')))
-        gguf.set_field('tokenizer.ggml.tokens', tokens, type='ARRAY', element_type='STRING')
-        gguf.set_field('tokenizer.ggml.token_type', types, type='ARRAY', element_type='INT32')
-        gguf.set_field('tokenizer.ggml.merges', _merge_strings(model.get('merges', [])),
+        gguf.set_field(K.TOKENIZER_MODEL, 'gpt2')
+        gguf.set_field(K.TOKENIZER_PRE, _pre_tokenizer_name(spec.get('pre_tokenizer')))
+        gguf.set_field(K.TOKENS, tokens, type='ARRAY', element_type='STRING')
+        gguf.set_field(K.TOKEN_TYPE, types, type='ARRAY', element_type='INT32')
+        gguf.set_field(K.MERGES, _merge_strings(model.get('merges', [])),
                        type='ARRAY', element_type='STRING')
     elif kind in ('BPE', 'Unigram'):
         scores = np.full(n_vocab, -1000.0, dtype=np.float32)   # llama.cpp's score for padding
@@ -536,11 +538,11 @@ def _set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int, hp: Llam
                 types[i] = BYTE
         if unk_id is not None and 0 <= unk_id < n_vocab:
             types[unk_id] = UNKNOWN
-        gguf.set_field('tokenizer.ggml.model', 'llama')
-        gguf.set_field('tokenizer.ggml.pre', 'default')
-        gguf.set_field('tokenizer.ggml.tokens', tokens, type='ARRAY', element_type='STRING')
-        gguf.set_field('tokenizer.ggml.scores', scores, type='ARRAY', element_type='FLOAT32')
-        gguf.set_field('tokenizer.ggml.token_type', types, type='ARRAY', element_type='INT32')
+        gguf.set_field(K.TOKENIZER_MODEL, 'llama')
+        gguf.set_field(K.TOKENIZER_PRE, 'default')
+        gguf.set_field(K.TOKENS, tokens, type='ARRAY', element_type='STRING')
+        gguf.set_field(K.SCORES, scores, type='ARRAY', element_type='FLOAT32')
+        gguf.set_field(K.TOKEN_TYPE, types, type='ARRAY', element_type='INT32')
     else:
         raise ValueError(f'unsupported tokenizer model {kind!r}: convert_llama writes byte-level BPE, '
                          'BPE with byte fallback and Unigram vocabularies')
@@ -556,18 +558,18 @@ def _set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int, hp: Llam
     plain = tokenizer.encode('a', add_special_tokens=False)
     full = tokenizer.encode('a', add_special_tokens=True)
     extra = len(full) > len(plain)
-    gguf.set_field('tokenizer.ggml.add_bos_token',
+    gguf.set_field(K.ADD_BOS,
                    bool(extra and ids['bos'] is not None and full[0] == ids['bos']))
-    gguf.set_field('tokenizer.ggml.add_eos_token',
+    gguf.set_field(K.ADD_EOS,
                    bool(extra and ids['eos'] is not None and full[-1] == ids['eos']))
-    gguf.set_field('tokenizer.ggml.add_space_prefix', _add_space_prefix(spec))
+    gguf.set_field(K.ADD_SPACE_PREFIX, _add_space_prefix(spec))
 
     template = getattr(tokenizer, 'chat_template', None)
     if isinstance(template, str):
-        gguf.set_field('tokenizer.chat_template', template)
+        gguf.set_field(K.CHAT_TEMPLATE, template)
     elif isinstance(template, dict):   # named templates: 'default' is the main one
         for tname, text in template.items():
-            key = 'tokenizer.chat_template' if tname == 'default' else f'tokenizer.chat_template.{tname}'
+            key = K.CHAT_TEMPLATE if tname == 'default' else f'tokenizer.chat_template.{tname}'
             gguf.set_field(key, text)
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from .compute import GgmlCompute, HostRegion
 from .errors import ModelFileError
 from .gguf import GgufFile
+from .gguf import keys as K
 from .types import TypeLike, as_ggml_type
 
 __all__ = ['GgmlModel', 'Parameter', 'Tensor', 'Input', 'Buffer', 'State', 'ROLES']
@@ -476,7 +477,7 @@ def _listing(names: list[str], limit: int = 12) -> str:
 def _check_architecture(cls: type, gguf: GgufFile) -> None:
     if not cls.architectures:
         return
-    architecture = gguf.get_field('general.architecture', None)
+    architecture = gguf.get_field(K.ARCHITECTURE, None)
     if architecture not in cls.architectures:
         where = str(gguf.path) if gguf.path else 'the GGUF file'
         raise ModelFileError(f'{where} is a {architecture!r} model (general.architecture); {cls.__name__} '
@@ -545,7 +546,7 @@ def _is_gguf_key(value: Any) -> bool:
 
 def _gguf_key(key: str, gguf: GgufFile | None) -> str:
     if '{arch}' in key and gguf is not None:
-        key = key.replace('{arch}', str(gguf.get_field('general.architecture', '')))
+        key = key.replace('{arch}', str(gguf.get_field(K.ARCHITECTURE, '')))
     return key
 
 
@@ -554,7 +555,7 @@ def _gguf_value(model: str, name: str, key: str, gguf: GgufFile | None) -> Any:
         raise TypeError(f'{model}: parameter {name!r} comes from GGUF key {key!r}: pass {name}=... '
                         'or load the model with from_gguf / from_path')
     if '{arch}' in key:
-        key = key.replace('{arch}', str(gguf.get_field('general.architecture', '')))
+        key = key.replace('{arch}', str(gguf.get_field(K.ARCHITECTURE, '')))
     if key not in gguf.fields:
         raise KeyError(f'{model}: parameter {name!r} needs GGUF field {key!r}, which the file lacks; '
                        f'pass {name}=... (fields: {", ".join(gguf.fields)})')

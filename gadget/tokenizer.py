@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .gguf import keys as K
 __all__ = ['Tokenizer', 'load_tokenizer', 'cache_dir', 'eog_token_ids']
 
 # Token texts that end a generation in the chat formats in common use (llama.cpp marks the same
@@ -39,9 +40,9 @@ _EOG_TEXTS = {'<|endoftext|>', '<|im_end|>', '<|eot_id|>', '<|eom_id|>', '<|end|
               '</s>', '<|end_of_text|>', '<|return|>', '<|call|>', '<EOT>', '<|END_OF_TURN_TOKEN|>'}
 
 #: The named special tokens a template sees, with the GGUF keys of their ids.
-SPECIAL_TOKEN_KEYS = {'bos_token': 'tokenizer.ggml.bos_token_id', 'eos_token': 'tokenizer.ggml.eos_token_id',
-                      'unk_token': 'tokenizer.ggml.unknown_token_id',
-                      'pad_token': 'tokenizer.ggml.padding_token_id'}
+SPECIAL_TOKEN_KEYS = {'bos_token': K.BOS_ID, 'eos_token': K.EOS_ID,
+                      'unk_token': K.UNK_ID,
+                      'pad_token': K.PAD_ID}
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
 _CONTROL, _USER_DEFINED = 3, 4
@@ -264,7 +265,7 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, pre_tokenizers, processors
 
-    kind = fields.get('tokenizer.ggml.model')
+    kind = fields.get(K.TOKENIZER_MODEL)
     if kind is None:
         raise ValueError(f'{where} has no tokenizer (no tokenizer.ggml.model): '
                          'pass model_id= with a tokenizer')
@@ -272,11 +273,11 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
         raise ValueError(f"{where}: tokenizer.ggml.model {kind!r} is not supported; supported: 'gpt2' "
                          "(byte-level BPE), 'llama' (SentencePiece BPE). "
                          'Pass model_id= with a tokenizer.json')
-    tokens = fields.get('tokenizer.ggml.tokens')
+    tokens = fields.get(K.TOKENS)
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise ValueError(f'{where}: tokenizer.ggml.tokens must be a non-empty array of strings')
     n = len(tokens)
-    types = _int_list(fields, 'tokenizer.ggml.token_type', n, where)
+    types = _int_list(fields, K.TOKEN_TYPE, n, where)
     special = {}
     for name, key in SPECIAL_TOKEN_KEYS.items():
         token_id = fields.get(key)
@@ -286,9 +287,9 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
             raise ValueError(f'{where}: {key} = {token_id!r} is not a token id '
                              f'(the vocabulary has {n} tokens)')
         special[name] = tokens[token_id]
-    add_bos = bool(fields.get('tokenizer.ggml.add_bos_token', kind == 'llama'))
-    add_eos = bool(fields.get('tokenizer.ggml.add_eos_token', False))
-    merges = fields.get('tokenizer.ggml.merges')
+    add_bos = bool(fields.get(K.ADD_BOS, kind == 'llama'))
+    add_eos = bool(fields.get(K.ADD_EOS, False))
+    merges = fields.get(K.MERGES)
     if merges is not None:
         if not isinstance(merges, list) or not all(isinstance(m, str) and m.count(' ') == 1 for m in merges):
             raise ValueError(f"{where}: tokenizer.ggml.merges must be strings 'left right' (one space each)")
@@ -302,7 +303,7 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
         vocab = {t: i for i, t in enumerate(spelled)}
         backend = Backend(models.BPE(vocab=vocab, merges=merges or [], dropout=None,
                                      continuing_subword_prefix='', end_of_word_suffix='', fuse_unk=False))
-        split = PRE_TOKENIZER_SPLITS.get(fields.get('tokenizer.ggml.pre'))
+        split = PRE_TOKENIZER_SPLITS.get(fields.get(K.TOKENIZER_PRE))
         if split is None:
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         else:
@@ -315,7 +316,7 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
     else:
         vocab = {t: i for i, t in enumerate(tokens)}
         if merges is None:
-            scores = fields.get('tokenizer.ggml.scores')
+            scores = fields.get(K.SCORES)
             if scores is None or len(scores) != n:
                 raise ValueError(f'{where}: a llama vocabulary without merges needs tokenizer.ggml.scores '
                                  f'({n} values)')
@@ -350,7 +351,7 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
     backend.post_processor = processors.TemplateProcessing(
         single=sequence('$A', 0), pair=f"{sequence('$A', 0)} {sequence('$B', 1)}",
         special_tokens=[(t, vocab[spelling[t]]) for t in dict.fromkeys(prefix + suffix)])
-    template = fields.get('tokenizer.chat_template')
+    template = fields.get(K.CHAT_TEMPLATE)
     return Tokenizer(backend, special, template if isinstance(template, str) else None)
 
 
@@ -449,8 +450,8 @@ def eog_token_ids(tokenizer: Tokenizer, gguf: Any = None) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     if gguf is not None:
-        for key in ('tokenizer.ggml.eos_token_id', 'tokenizer.ggml.eot_token_id',
-                    'tokenizer.ggml.eom_token_id'):
+        for key in (K.EOS_ID, K.EOT_ID,
+                    K.EOM_ID):
             value = gguf.get_field(key, None)
             if value is not None:
                 ids.add(int(value))

@@ -566,9 +566,9 @@ def test_failed_save_keeps_old_content(tmp_path):
         gf.save(target)
     assert target.read_bytes() == old and _listing(tmp_path) == ['model.gguf']
     # a value that cannot be encoded, met after valid ones (set_field checks early, so slip it in)
-    from gadget.gguf import _Field
+    from gadget.gguf.values import Field
     gf = _small_file()
-    gf._fields['bad'] = _Field(type=GgufType.UINT32, value=object(), loaded=True)
+    gf._fields['bad'] = Field(type=GgufType.UINT32, value=object(), loaded=True)
     with pytest.raises((GgufError, TypeError)):
         gf.save(target)
     assert target.read_bytes() == old and _listing(tmp_path) == ['model.gguf']

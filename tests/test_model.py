@@ -184,7 +184,7 @@ def test_get_rows_model_from_gguf_built_in_memory(tmp_path):
         assert model.params['n_vocab'] == 50
         np.testing.assert_array_equal(model(tokens=tokens), table[tokens])
         # On the CPU the weights point into the file mapping: no copy was made.
-        mapped = model.gguf._map
+        mapped = model.gguf.mapping
         address = int(G.ffi.cast('uintptr_t', model.tensors['token_embd'].data))
         base = int(G.ffi.cast('uintptr_t', G.ffi.from_buffer(mapped)))
         assert base <= address < base + len(mapped)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import ggml as G
 from ..errors import ContextOverflowError
+from ..gguf import keys as K
 from ..model import Buffer, GgmlModel, Input, Parameter, State, Tensor
 from .cache import KV_STEP, KVCache
 from .layers import Rope, attention, kv_cache_write, rms_norm, swiglu_feed_forward
@@ -47,19 +48,19 @@ class LlamaModel(GgmlModel):
     """
 
     # hyper-parameters
-    n_layer: Parameter('{arch}.block_count')
-    n_embd: Parameter('{arch}.embedding_length')
-    n_ff: Parameter('{arch}.feed_forward_length')
-    n_head: Parameter('{arch}.attention.head_count')
-    n_head_kv: Parameter('{arch}.attention.head_count_kv', fallback=lambda p: p['n_head'])
-    head_dim: Parameter('{arch}.attention.key_length', fallback=lambda p: p['n_embd'] // p['n_head'])
-    n_rot: Parameter('{arch}.rope.dimension_count', fallback=lambda p: p['head_dim'])
-    n_ctx_train: Parameter('{arch}.context_length', fallback=DEFAULT_CONTEXT)
-    n_ctx_orig: Parameter('{arch}.rope.scaling.original_context_length', fallback=lambda p: p['n_ctx_train'])
-    rope_base: Parameter('{arch}.rope.freq_base', fallback=10000.0)
-    rope_scaling: Parameter('{arch}.rope.scaling.type', fallback='none')
-    rope_factor: Parameter('{arch}.rope.scaling.factor', fallback=1.0)
-    norm_eps: Parameter('{arch}.attention.layer_norm_rms_epsilon', fallback=1e-5)
+    n_layer: Parameter(K.BLOCK_COUNT)
+    n_embd: Parameter(K.EMBEDDING_LENGTH)
+    n_ff: Parameter(K.FEED_FORWARD_LENGTH)
+    n_head: Parameter(K.HEAD_COUNT)
+    n_head_kv: Parameter(K.HEAD_COUNT_KV, fallback=lambda p: p['n_head'])
+    head_dim: Parameter(K.KEY_LENGTH, fallback=lambda p: p['n_embd'] // p['n_head'])
+    n_rot: Parameter(K.ROPE_DIMENSION_COUNT, fallback=lambda p: p['head_dim'])
+    n_ctx_train: Parameter(K.CONTEXT_LENGTH, fallback=DEFAULT_CONTEXT)
+    n_ctx_orig: Parameter(K.ROPE_SCALING_ORIGINAL_CONTEXT_LENGTH, fallback=lambda p: p['n_ctx_train'])
+    rope_base: Parameter(K.ROPE_FREQ_BASE, fallback=10000.0)
+    rope_scaling: Parameter(K.ROPE_SCALING_TYPE, fallback='none')
+    rope_factor: Parameter(K.ROPE_SCALING_FACTOR, fallback=1.0)
+    norm_eps: Parameter(K.LAYER_NORM_RMS_EPSILON, fallback=1e-5)
     context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT))
     batch_size: Parameter(lambda p: min(512, int(p['context_length'])))
     kv_type: Parameter('F16')

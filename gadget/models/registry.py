@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ..errors import ModelFileError
 from ..gguf import GgufFile
+from ..gguf import keys as K
 
 __all__ = ['ARCHITECTURES', 'register', 'supported', 'model_class_for', 'load_model']
 
@@ -38,7 +39,7 @@ def supported() -> list[str]:
 def model_class_for(gguf: GgufFile) -> type:
     """The model class for the file's ``general.architecture``."""
     where = str(gguf.path) if gguf.path else 'the GGUF file'
-    architecture = gguf.get_field('general.architecture', None)
+    architecture = gguf.get_field(K.ARCHITECTURE, None)
     if not isinstance(architecture, str) or not architecture:
         raise ModelFileError(f'{where} has no general.architecture: not a model file? '
                              f'supported architectures: {", ".join(supported())}')
