@@ -359,15 +359,21 @@ def checked_ops(header: Path = CHECKS_HEADER) -> set[str]:
         set(re.findall(r'^GADGET_\w+_CHECK\((\w+)\)', text, re.M))
 
 
-def _guard_source(fn: Function, checked: bool = False) -> str:
+def _wrapper_head(fn: Function, name: str, storage: list[str]) -> tuple[str, list[str]]:
+    """The C head of a function wrapping ``fn`` under ``name`` (same parameters, renamed to be
+    unique), and its parameter names."""
     decl = copy.deepcopy(fn.decl)
-    decl.storage = ['static']
+    decl.storage = storage
     decl.funcspec = []
-    decl.name = f'gadget_guard_{fn.name}'
+    decl.name = name
     _set_declname(decl.type, decl.name)
     params, _ = _param_info(decl)
     names = _rename_params(params)
-    head = c_generator.CGenerator().visit(decl)
+    return c_generator.CGenerator().visit(decl), names
+
+
+def _guard_source(fn: Function, checked: bool = False) -> str:
+    head, names = _wrapper_head(fn, f'gadget_guard_{fn.name}', ['static'])
     call = f"{fn.name}({', '.join(names)})"
     check = f"gadget_check_{fn.name}({', '.join(names)})" if checked else ''
     result_decl = _declare(fn.decl.type.type, 'result')
@@ -390,14 +396,7 @@ def _guard_source(fn: Function, checked: bool = False) -> str:
 
 def _trampoline_source(fn: Function, group: str) -> str:
     """A module function's stand-in: calls through the pointer ``gadget_dl_bind`` fills."""
-    decl = copy.deepcopy(fn.decl)
-    decl.storage = []
-    decl.funcspec = []
-    decl.name = f'gadget_dl_{fn.name}'
-    _set_declname(decl.type, decl.name)
-    params, _ = _param_info(decl)
-    names = _rename_params(params)
-    head = c_generator.CGenerator().visit(decl)
+    head, names = _wrapper_head(fn, f'gadget_dl_{fn.name}', [])
     call = f"gadget_fp_{fn.name}({', '.join(names)})"
     missing = f'gadget_dl_missing("{fn.name}", "{group}");'
     if fn.returns == 'void':
