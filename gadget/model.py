@@ -407,10 +407,14 @@ class GgmlModel(GgmlCompute):
         self.create_graph()
         object.__setattr__(self, '_dirty', False)
 
-    def compute(self) -> Any:
-        """Rebuild the graph if a state changed, then compute it (see :meth:`GgmlCompute.compute`)."""
+    def ensure_graph(self) -> None:
+        """Build the graph if there is none, or rebuild it if a state changed since it was built."""
         if self._dirty or self.graph is None:
             self.rebuild_graph()
+
+    def compute(self) -> Any:
+        """Rebuild the graph if a state changed, then compute it (see :meth:`GgmlCompute.compute`)."""
+        self.ensure_graph()
         return super().compute()
 
     # --- state as attributes --------------------------------------------------------------------

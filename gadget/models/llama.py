@@ -23,6 +23,7 @@ from ..model import Buffer, GgmlModel, Input, Parameter, State, Tensor
 from .cache import KV_STEP, KVCache
 from .layers import Rope, attention, kv_cache_write, rms_norm, swiglu_feed_forward
 from .registry import register
+from .tokens import token_ids
 
 __all__ = ['LlamaModel', 'ContextOverflowError', 'KV_STEP']
 
@@ -191,19 +192,8 @@ class LlamaModel(GgmlModel):
     def __call__(self, tokens: Any, all_logits: bool = False) -> np.ndarray:  # type: ignore[override]
         """Evaluate ``tokens`` after the cached ones; return the last position's logits (n_vocab,)
         or, with ``all_logits``, every new position's (n_tokens, n_vocab)."""
-        ids = np.asarray(tokens)
-        if ids.ndim == 0:
-            ids = ids.reshape(1)
-        if ids.ndim != 1 or ids.size == 0:
-            raise ValueError(f'tokens must be a non-empty 1-D sequence of ids, got shape {ids.shape}')
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f'token ids must be integers, got {ids.dtype}')
-        n_vocab = self.params['n_vocab']
-        bad = (ids < 0) | (ids >= n_vocab)
-        if bad.any():
-            raise ValueError(f'token id {int(ids[bad][0])} is out of range for a vocabulary of {n_vocab}')
+        ids = token_ids(tokens, self.params['n_vocab'])
         self.cache.check_fits(ids.size)        # before anything is computed
-        ids = ids.astype(np.int32)
         batch = self.params['batch_size']
         outputs = []
         for start in range(0, ids.size, batch):
@@ -220,8 +210,7 @@ class LlamaModel(GgmlModel):
         for key, value in (('n_tokens', n), ('n_window', plan.window), ('n_outputs', n_out)):
             if self.state[key] != value:
                 self.state[key] = value
-        if self._dirty or self.graph is None:
-            self.rebuild_graph()
+        self.ensure_graph()
         self.write('tokens', chunk)
         self.write('positions', plan.positions)
         self.write('kv_index', plan.rows)
