@@ -32,10 +32,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 
@@ -45,7 +46,8 @@ from .gguf import GgufFile
 from .gguf import keys as K
 from .types import TypeLike, as_ggml_type
 
-__all__ = ['GgmlModel', 'Parameter', 'Tensor', 'Input', 'Buffer', 'State', 'ROLES']
+__all__ = ['GgmlModel', 'Parameter', 'Tensor', 'Input', 'Buffer', 'State', 'ROLES', 'positive_int',
+           'positive_float', 'one_of']
 
 log = logging.getLogger('gadget.model')
 
@@ -63,14 +65,43 @@ class Parameter:
 
     ``fallback`` (a value or a callable of the other parameters) is used when a GGUF key is absent
     from the file, or when the model is built with ``from_values`` and the parameter is not given.
+
+    ``check(value, params)`` validates the resolved value (and may look at the others): it returns
+    None when the value is fine, else what is allowed (``'a positive integer'``); the model is then
+    refused with an error naming the parameter, its GGUF key, the value and the rule
+    (:class:`~gadget.errors.ModelFileError` when the value came from the file, ``ValueError`` when
+    it was given). :func:`positive_int`, :func:`positive_float`, :func:`one_of` are ready-made checks.
     """
 
-    def __init__(self, default: Any = _REQUIRED, fallback: Any = _REQUIRED):
+    def __init__(self, default: Any = _REQUIRED, fallback: Any = _REQUIRED,
+                 check: Callable[[Any, Mapping[str, Any]], str | None] | None = None):
         self.default = default
         self.fallback = fallback
+        self.check = check
 
     def __repr__(self) -> str:
         return f'Parameter({"required" if self.default is _REQUIRED else repr(self.default)})'
+
+
+def positive_int(value: Any, params: Mapping[str, Any] | None = None) -> str | None:
+    """A check: an integer > 0 (bools are not integers here)."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value > 0
+    return None if ok else 'a positive integer'
+
+
+def positive_float(value: Any, params: Mapping[str, Any] | None = None) -> str | None:
+    """A check: a finite number > 0."""
+    number = (isinstance(value, (int, float, np.integer, np.floating))
+              and not isinstance(value, (bool, np.bool_)))
+    ok = number and math.isfinite(value) and value > 0
+    return None if ok else 'a finite number > 0'
+
+
+def one_of(*allowed: Any) -> Callable[[Any, Mapping[str, Any]], str | None]:
+    """A check: one of ``allowed``."""
+    def check(value: Any, params: Mapping[str, Any] | None = None) -> str | None:
+        return None if value in allowed else 'one of ' + ', '.join(repr(a) for a in allowed)
+    return check
 
 
 class Tensor:
@@ -280,6 +311,7 @@ class GgmlModel(GgmlCompute):
                             f'{", ".join(decl.states) or "(none)"}')
         params = dict(given)
         pending = {n: p for n, p in decl.params.items() if n not in params}
+        from_file: dict[str, str] = {}     # parameter -> the GGUF key its value came from
         # Values and GGUF keys first, then callables (which may use them), in declaration order.
         late: dict[str, Any] = {}
         for name, p in list(pending.items()):
@@ -289,6 +321,7 @@ class GgmlModel(GgmlCompute):
                 key = _gguf_key(p.default, gguf)
                 if gguf is not None and key in gguf.fields:
                     params[name] = _gguf_value(cls.__name__, name, p.default, gguf)
+                    from_file[name] = key
                 elif p.fallback is not _REQUIRED:
                     late[name] = p.fallback
                 else:
@@ -297,6 +330,8 @@ class GgmlModel(GgmlCompute):
                 late[name] = p.default
             else:
                 params[name] = p.default
+        # The values known so far are checked before anything is computed from them.
+        _check_params(cls, params, given, from_file, gguf, partial=True)
         # Callables and fallbacks may use other parameters, including each other: resolve in
         # declaration order, retrying those whose inputs are not known yet.
         while late:
@@ -309,6 +344,9 @@ class GgmlModel(GgmlCompute):
                         params[name] = value(params)
                     except KeyError:
                         continue
+                    except (ArithmeticError, ValueError, TypeError) as exc:
+                        error = ModelFileError if gguf is not None else ValueError
+                        raise error(f'{cls.__name__}: parameter {name!r} cannot be computed: {exc}') from None
                 del late[name]
                 progress = True
             if not progress:
@@ -318,6 +356,7 @@ class GgmlModel(GgmlCompute):
                 except KeyError as exc:
                     raise TypeError(f'{cls.__name__}: parameter {name!r} needs {exc} to be computed; '
                                     f'known: {", ".join(params)}') from None
+        _check_params(cls, params, given, from_file, gguf)
         return params
 
     @classmethod
@@ -476,6 +515,33 @@ def _required_weights(cls: type, params: Mapping[str, Any]) -> list[str]:
 def _listing(names: list[str], limit: int = 12) -> str:
     shown = ', '.join(names[:limit])
     return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
+def _check_params(cls: type, params: dict[str, Any], given: Mapping[str, Any], from_file: Mapping[str, str],
+                  gguf: GgufFile | None, partial: bool = False) -> None:
+    """Run every declared check; the first failure names the parameter, where its value came from,
+    the value and the rule. ``partial``: some parameters are not known yet; a check that needs one
+    of them waits for the final pass."""
+    for name, p in cls._decl.params.items():
+        if p.check is None or name not in params:
+            continue
+        value = params[name]
+        try:
+            rule = p.check(value, params)
+        except KeyError:
+            if partial:
+                continue
+            raise
+        except (TypeError, ValueError, ArithmeticError):
+            rule = 'a value this check can evaluate'
+        if rule is None:
+            continue
+        if name in from_file:
+            where = str(gguf.path) if gguf is not None and gguf.path else 'the GGUF file'
+            raise ModelFileError(f'{where}: {from_file[name]} = {value!r} is not valid for {cls.__name__}: '
+                                 f'{name} must be {rule}')
+        source = 'given' if name in given else 'derived from the other parameters'
+        raise ValueError(f'{cls.__name__}: {name} = {value!r} ({source}) must be {rule}')
 
 
 def _check_architecture(cls: type, gguf: GgufFile) -> None:

@@ -158,3 +158,49 @@ def test_unfused_attention_toggles_on_off_on(tmp_path):
             else:
                 with pytest.raises(ValueError, match='fused'):
                     model.attention_scores(-1)
+
+
+@pytest.mark.parametrize('key, value, words', [
+    ('llama.attention.layer_norm_rms_epsilon', -1.0, 'a finite number > 0'),
+    ('llama.attention.layer_norm_rms_epsilon', float('nan'), 'a finite number > 0'),
+    ('llama.attention.head_count', 0, 'a positive integer'),
+    ('llama.attention.head_count_kv', 3, 'dividing n_head (4)'),
+    ('llama.rope.dimension_count', 7, 'even positive integer at most head_dim (8)'),
+    ('llama.context_length', 0, 'a positive integer'),
+    ('llama.rope.freq_base', 0.0, 'a finite number > 0'),
+    ('llama.rope.scaling.type', 'yarn', "one of 'none', 'linear'"),
+    ('llama.block_count', -2, 'a positive integer'),
+])
+def test_impossible_metadata_is_refused_at_load_naming_the_key(tmp_path, key, value, words):
+    path = write_llama(tmp_path / 'bad.gguf', fields={key: value})
+    with pytest.raises(ModelFileError) as info:
+        LlamaModel.from_path(path)
+    assert key in str(info.value) and words in str(info.value), str(info.value)
+
+
+def test_embedding_width_not_a_multiple_of_the_heads(tmp_path):
+    path = write_llama(tmp_path / 'heads.gguf', fields={'llama.attention.head_count': 5,
+                                                        'llama.attention.head_count_kv': 5})
+    expected = r'embedding_length \(32\) is not a multiple of head_count \(5\)'
+    with pytest.raises(ModelFileError, match=expected):
+        LlamaModel.from_path(path)
+
+
+def test_vocabulary_size_must_match_the_embedding(tmp_path):
+    path = write_llama(tmp_path / 'vocab.gguf', fields={'llama.vocab_size': N_VOCAB + 1})
+    with pytest.raises(ModelFileError, match=r'llama\.vocab_size = 49 but token_embd\.weight has 48 rows'):
+        LlamaModel.from_path(path)
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(context_length=0), 'context_length = 0 (given) must be a positive integer'),
+    (dict(batch_size=0), 'batch_size = 0 (given) must be a positive integer'),
+    (dict(batch_size=2.5), 'batch_size = 2.5 (given) must be a positive integer'),
+    (dict(kv_type='Q7'), "kv_type = 'Q7' (given) must be a KV cache type"),
+    (dict(norm_eps=float('inf')), 'norm_eps = inf (given) must be a finite number > 0'),
+])
+def test_impossible_arguments_are_refused_naming_the_parameter(tmp_path, kwargs, words):
+    path = write_llama(tmp_path / 'ok.gguf')
+    with pytest.raises(ValueError) as info:
+        LlamaModel.from_path(path, **kwargs)
+    assert words in str(info.value), str(info.value)

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from .. import ggml as G
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, ModelFileError
+from ..ggml import GgmlType
 from ..gguf import keys as K
-from ..model import Buffer, GgmlModel, Input, Parameter, State, Tensor
+from ..model import Buffer, GgmlModel, Input, Parameter, State, Tensor, one_of, positive_float, positive_int
 from .cache import KV_STEP, KVCache
 from .layers import Rope, attention, kv_cache_write, rms_norm, swiglu_feed_forward
+from ..types import as_ggml_type
 from .registry import register
 from .tokens import token_ids
 
@@ -29,6 +31,33 @@ __all__ = ['LlamaModel', 'ContextOverflowError', 'KV_STEP']
 
 DEFAULT_CONTEXT = 4096   # default cap on the KV cache (the model's own length may be far larger)
 _SCORES = re.compile(r'attn\d+_scores')
+
+
+def _split(n_embd: int, n_head: int) -> int:
+    if n_head <= 0 or n_embd % n_head:
+        raise ValueError(f'embedding_length ({n_embd}) is not a multiple of head_count ({n_head}), and the '
+                         'file has no attention.key_length')
+    return n_embd // n_head
+
+
+def _divides(other: str) -> Any:
+    def check(value: Any, p: Any) -> str | None:
+        ok = positive_int(value) is None and p[other] % value == 0
+        return None if ok else f'a positive integer dividing {other} ({p[other]})'
+    return check
+
+
+def _cache_type(value: Any, p: Any) -> str | None:
+    try:
+        ok = as_ggml_type(value) in (GgmlType.F16, GgmlType.F32, GgmlType.BF16)
+    except ValueError:
+        ok = False
+    return None if ok else "a KV cache type: 'F16', 'F32' or 'BF16'"
+
+
+def _rope_dims(value: Any, p: Any) -> str | None:
+    ok = positive_int(value) is None and value % 2 == 0 and value <= p['head_dim']
+    return None if ok else f"an even positive integer at most head_dim ({p['head_dim']})"
 
 
 @register('llama')
@@ -48,26 +77,28 @@ class LlamaModel(GgmlModel):
     keeps only the first ``n``.
     """
 
-    # hyper-parameters
-    n_layer: Parameter(K.BLOCK_COUNT)
-    n_embd: Parameter(K.EMBEDDING_LENGTH)
-    n_ff: Parameter(K.FEED_FORWARD_LENGTH)
-    n_head: Parameter(K.HEAD_COUNT)
-    n_head_kv: Parameter(K.HEAD_COUNT_KV, fallback=lambda p: p['n_head'])
-    head_dim: Parameter(K.KEY_LENGTH, fallback=lambda p: p['n_embd'] // p['n_head'])
-    n_rot: Parameter(K.ROPE_DIMENSION_COUNT, fallback=lambda p: p['head_dim'])
-    n_ctx_train: Parameter(K.CONTEXT_LENGTH, fallback=DEFAULT_CONTEXT)
-    n_ctx_orig: Parameter(K.ROPE_SCALING_ORIGINAL_CONTEXT_LENGTH, fallback=lambda p: p['n_ctx_train'])
-    rope_base: Parameter(K.ROPE_FREQ_BASE, fallback=10000.0)
-    rope_scaling: Parameter(K.ROPE_SCALING_TYPE, fallback='none')
-    rope_factor: Parameter(K.ROPE_SCALING_FACTOR, fallback=1.0)
-    norm_eps: Parameter(K.LAYER_NORM_RMS_EPSILON, fallback=1e-5)
-    context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT))
-    batch_size: Parameter(lambda p: min(512, int(p['context_length'])))
-    kv_type: Parameter('F16')
+    # hyper-parameters, each checked when the model is loaded
+    n_layer: Parameter(K.BLOCK_COUNT, check=positive_int)
+    n_embd: Parameter(K.EMBEDDING_LENGTH, check=positive_int)
+    n_ff: Parameter(K.FEED_FORWARD_LENGTH, check=positive_int)
+    n_head: Parameter(K.HEAD_COUNT, check=positive_int)
+    n_head_kv: Parameter(K.HEAD_COUNT_KV, fallback=lambda p: p['n_head'], check=_divides('n_head'))
+    head_dim: Parameter(K.KEY_LENGTH, fallback=lambda p: _split(p['n_embd'], p['n_head']), check=positive_int)
+    n_rot: Parameter(K.ROPE_DIMENSION_COUNT, fallback=lambda p: p['head_dim'], check=_rope_dims)
+    n_ctx_train: Parameter(K.CONTEXT_LENGTH, fallback=DEFAULT_CONTEXT, check=positive_int)
+    n_ctx_orig: Parameter(K.ROPE_SCALING_ORIGINAL_CONTEXT_LENGTH, fallback=lambda p: p['n_ctx_train'],
+                          check=positive_int)
+    rope_base: Parameter(K.ROPE_FREQ_BASE, fallback=10000.0, check=positive_float)
+    rope_scaling: Parameter(K.ROPE_SCALING_TYPE, fallback='none', check=one_of('none', 'linear'))
+    rope_factor: Parameter(K.ROPE_SCALING_FACTOR, fallback=1.0, check=positive_float)
+    norm_eps: Parameter(K.LAYER_NORM_RMS_EPSILON, fallback=1e-5, check=positive_float)
+    n_vocab_declared: Parameter(K.VOCAB_SIZE, fallback=None)
+    context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT), check=positive_int)
+    batch_size: Parameter(lambda p: min(512, int(p['context_length'])), check=positive_int)
+    kv_type: Parameter('F16', check=_cache_type)
     # False (default): matmul + softmax as llama.cpp (and llama-cpp-python by default) computes
     # attention; True: GGML's fused flash attention, as llama.cpp with flash attention on.
-    flash_attn: Parameter(False)
+    flash_attn: Parameter(False, check=one_of(False, True))
     n_q: Parameter(lambda p: p['n_head'] * p['head_dim'])
     n_kv: Parameter(lambda p: p['n_head_kv'] * p['head_dim'])
     n_rot_half: Parameter(lambda p: p['n_rot'] // 2)
@@ -113,6 +144,12 @@ class LlamaModel(GgmlModel):
         super().__init__(*args, **kwargs)
         p = self.params
         p['n_vocab'] = int(self.tensors['token_embd.weight'].ne[1])
+        declared = p['n_vocab_declared']
+        if declared is not None and declared != p['n_vocab']:
+            self.close()
+            raise ModelFileError(f'{K.arch_key(K.VOCAB_SIZE, "llama")} = {declared} but token_embd.weight '
+                                 f'has '
+                                 f"{p['n_vocab']} rows: the vocabulary and the embedding must match")
         factor = float(p['rope_factor'] or 1.0)
         self.rope = Rope(
             n_rot=int(p['n_rot']), mode=0, n_ctx_orig=int(p['n_ctx_orig']), freq_base=float(p['rope_base']),
