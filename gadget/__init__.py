@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (BackendError, ContextOverflowError, GadgetError, GgmlError, GgmlOpError,
+from .errors import (BackendError, ClosedError, ContextOverflowError, GadgetError, GgmlError, GgmlOpError,
                      GgufError, ModelFileError)
 
 # Imported eagerly: the function ``gadget.backends()`` shares its name with the module
@@ -29,7 +29,7 @@ _LAZY = {
 }
 
 __all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError',
-           'ModelFileError', 'ContextOverflowError',
+           'ModelFileError', 'ContextOverflowError', 'ClosedError',
            'Backend', 'backends', *_LAZY]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -53,8 +54,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--min-p', type=float, default=0.0)
     parser.add_argument('--repetition-penalty', type=float, default=1.0)
     parser.add_argument('--seed', type=int, default=None)
-    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: all cores)')
-    parser.add_argument('--context', type=int, default=None, help='context length (KV cache size)')
+    parser.add_argument('--threads', type=_positive_int, default=None,
+                        help='CPU threads (default: all cores)')
+    parser.add_argument('--context', type=_positive_int, default=None, help='context length (KV cache size)')
     parser.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
 
 
@@ -65,17 +67,47 @@ def _sampling_args(args: argparse.Namespace) -> dict:
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
     kwargs = dict(backend=args.backend, n_threads=args.threads)
-    if args.context:
+    if args.context is not None:
         kwargs['context_length'] = args.context
     return kwargs
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'{value} must be a positive integer')
+    return value
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _user_errors(command: str, run: Command) -> Command:
+    """Run a command, turning what a user got wrong (a missing or broken file, a bad value, an
+    unknown backend) into one line on stderr and exit status 1, not a traceback."""
+    def guarded(args: argparse.Namespace) -> int:
+        from .errors import GadgetError
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
+        except (GadgetError, OSError, ValueError, TypeError, ImportError, RuntimeError) as exc:
+            print(f'gadget {command}: error: {exc}', file=sys.stderr)
+            return 1
+    return guarded
 
 
 def _generate(args: argparse.Namespace) -> int:
     from .textgen import TextGen
 
     with TextGen(args.model, args.tokenizer, **_model_kwargs(args)) as gen:
+        chunks = gen.stream(args.prompt, stop=args.stop or (), **_sampling_args(args))   # checks first
         print(args.prompt, end='', flush=True)
-        for chunk in gen.stream(args.prompt, stop=args.stop or (), **_sampling_args(args)):
+        for chunk in chunks:
             print(chunk, end='', flush=True)
         print()
     return 0
@@ -136,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument('prompt')
     generate.add_argument('--stop', action='append', help='stop string (repeatable)')
     _add_model_args(generate)
-    generate.set_defaults(run=_generate)
+    generate.set_defaults(run=_user_errors('generate', _generate))
     chat = commands.add_parser('chat', help='chat with a model (interactive, or one --message)')
     chat.add_argument('--system', help='system prompt')
     chat.add_argument('--message', help='one message, then exit')
     _add_model_args(chat)
-    chat.set_defaults(run=_chat, max_gen=512)
+    chat.set_defaults(run=_user_errors('chat', _chat), max_gen=512)
     convert = commands.add_parser('convert', help='Hugging Face Llama checkpoint -> GGUF')
     convert.add_argument('source', help='folder with config.json, *.safetensors and the tokenizer')
     convert.add_argument('output', help='GGUF file to write')

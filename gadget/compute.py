@@ -13,6 +13,7 @@ preserved after :meth:`compute`.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .arrays import FRAMEWORKS, get_tensor_data, set_tensor_data
 from .backends import Backend
-from .errors import GadgetError
+from .errors import ClosedError, GadgetError
 from .ggml import describe_tensor, ffi, lib
 from . import ggml as G
 from .types import TypeLike, as_ggml_type
@@ -117,6 +118,10 @@ class GgmlCompute:
         self.keep = set(keep)
         self._handles = _Handles()
         self._finalizer = weakref.finalize(self, self._handles.free)
+        #: Held for the whole of every call that touches the graph or the tensors, and by close():
+        #: calls from several threads are serialised, and close() waits for a running compute.
+        self.lock = threading.RLock()
+        self._closed = False
         self._owns_backend = not isinstance(backend, Backend)
         self.backend = Backend(backend, n_threads) if self._owns_backend else backend
         if not self._owns_backend and n_threads is not None:
@@ -184,13 +189,24 @@ class GgmlCompute:
         ``offset`` writes from that index of the outermost ggml dimension (numpy's first axis), as
         in the original gadget; float32 data go into F16/BF16/quantized tensors converted.
         """
-        set_tensor_data(self._tensor(name), array, label=f'tensor {name!r}', ndim=self._ndim[name],
-                        offset=offset)
+        self._check_open()
+        with self.lock:
+            set_tensor_data(self._tensor(name), array, label=f'tensor {name!r}', ndim=self._ndim[name],
+                            offset=offset)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f'{type(self).__name__} is closed: create a new one')
 
     def write(self, name: str, array: Any) -> None:
         """The per-call fast path: copy the bytes of ``array`` (a C-contiguous numpy array of the
         tensor's own element type, at most its size) to the start of tensor ``name``. Only the size
         is checked (GGML would abort on an overflow); for anything else use :meth:`set_input`."""
+        self._check_open()
         tensor = self.tensors[name]
         nbytes = array.nbytes
         if nbytes > self._nbytes[name]:
@@ -199,8 +215,10 @@ class GgmlCompute:
 
     def run(self) -> None:
         """Compute the graph and leave the outputs in the backend (read them with :meth:`read`)."""
+        self._check_open()
         started = time.perf_counter()
-        status = lib.ggml_backend_graph_compute(self.backend.handle, self._require_graph())
+        with self.lock:
+            status = lib.ggml_backend_graph_compute(self.backend.handle, self._require_graph())
         self.compute_seconds += time.perf_counter() - started   # GGML's share of the wall time
         if status != lib.GGML_STATUS_SUCCESS:
             raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
@@ -208,6 +226,7 @@ class GgmlCompute:
     def read(self, out: Any, index: int = 0) -> Any:
         """Copy the first ``out.nbytes`` bytes of output ``index`` into the preallocated numpy array
         ``out`` (C-contiguous, the output's element type); return ``out``."""
+        self._check_open()
         tensor = self.outputs[index]
         if out.nbytes > lib.ggml_nbytes(tensor):
             raise ValueError(f'output {index}: {out.nbytes} bytes asked of its {lib.ggml_nbytes(tensor)}')
@@ -216,8 +235,10 @@ class GgmlCompute:
 
     def get_input(self, name: str) -> Any:
         """Tensor ``name`` as an array in numpy order (quantized tensors dequantized to float32)."""
-        return get_tensor_data(self._tensor(name), self.framework, ndim=self._ndim[name],
-                               label=f'tensor {name!r}', device=self._torch_device)
+        self._check_open()
+        with self.lock:
+            return get_tensor_data(self._tensor(name), self.framework, ndim=self._ndim[name],
+                                   label=f'tensor {name!r}', device=self._torch_device)
 
     # --- graph --------------------------------------------------------------------------------
 
@@ -228,6 +249,7 @@ class GgmlCompute:
 
     def create_graph(self, model: ModelFn | None = None) -> None:
         """Build the graph from ``model`` (default: the one given before) and allocate its memory."""
+        self._check_open()
         if model is not None:
             self.model = model
         if self.model is None and type(self)._build is GgmlCompute._build:
@@ -272,6 +294,7 @@ class GgmlCompute:
         self.outputs = ()
 
     def _require_graph(self) -> Any:
+        self._check_open()
         if self.graph is None:
             raise RuntimeError('no graph: call create_graph(model) first')
         return self.graph
@@ -292,19 +315,22 @@ class GgmlCompute:
 
     def compute(self) -> Any:
         """Compute the graph; return the output (or a tuple of outputs) in numpy order."""
-        graph = self._require_graph()
-        status = lib.ggml_backend_graph_compute(self.backend.handle, graph)
-        if status != lib.GGML_STATUS_SUCCESS:
-            raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
-        results = tuple(get_tensor_data(out, self.framework, device=self._torch_device)
-                        for out in self.outputs)
+        self._check_open()
+        with self.lock:
+            graph = self._require_graph()
+            status = lib.ggml_backend_graph_compute(self.backend.handle, graph)
+            if status != lib.GGML_STATUS_SUCCESS:
+                raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
+            results = tuple(get_tensor_data(out, self.framework, device=self._torch_device)
+                            for out in self.outputs)
         return results[0] if len(results) == 1 else results
 
     def __call__(self, **values: Any) -> Any:
         """Set inputs by name, compute, return the output(s)."""
-        for name, value in values.items():
-            self.set_input(name, value)
-        return self.compute()
+        with self.lock:
+            for name, value in values.items():
+                self.set_input(name, value)
+            return self.compute()
 
     def get_node(self, index: int) -> Any:
         """Graph node ``index`` (negative counts from the end) as an array, after compute."""
@@ -358,13 +384,16 @@ class GgmlCompute:
         return lib.ggml_gallocr_get_buffer_size(h.gallocr, 0) if h.gallocr is not None else 0
 
     def close(self) -> None:
-        """Free the graph, the buffers, the contexts and (if created here) the backend. Idempotent."""
-        self.graph = None
-        self.outputs = ()
-        self.tensors = TensorDict()
-        self._finalizer()
-        if self._owns_backend and getattr(self, 'backend', None) is not None:
-            self.backend.close()
+        """Free the graph, the buffers, the contexts and (if created here) the backend. Idempotent;
+        waits for a compute running in another thread to finish first."""
+        with self.lock:
+            self._closed = True
+            self.graph = None
+            self.outputs = ()
+            self.tensors = TensorDict()
+            self._finalizer()
+            if self._owns_backend and getattr(self, 'backend', None) is not None:
+                self.backend.close()
 
     def __enter__(self) -> 'GgmlCompute':
         return self

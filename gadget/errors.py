@@ -38,3 +38,7 @@ class ModelFileError(GadgetError, ValueError):
 
 class ContextOverflowError(GadgetError, ValueError):
     """The tokens would not fit in the model's context (KV cache)."""
+
+
+class ClosedError(GadgetError, RuntimeError):
+    """An object was used after ``close()``."""

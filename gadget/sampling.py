@@ -14,8 +14,9 @@ generator (``numpy.random.Generator``), so the same seed reproduces the same tok
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -40,22 +41,29 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f'temperature must be >= 0 (0 = greedy), got {self.temperature}')
-        if self.top_k < 0:
-            raise ValueError(f'top_k must be >= 0 (0 = off), got {self.top_k}')
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
-        if not 0 <= self.min_p <= 1:
-            raise ValueError(f'min_p must be in [0, 1], got {self.min_p}')
-        if self.repetition_penalty <= 0:
-            raise ValueError(f'repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}')
+        _number('temperature', self.temperature, 'a finite number >= 0 (0 = greedy)', lambda v: v >= 0)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+            raise ValueError(f'top_k must be an integer >= 0 (0 = off), got {self.top_k!r}')
+        _number('top_p', self.top_p, 'a number in (0, 1] (1 = off)', lambda v: 0 < v <= 1)
+        _number('min_p', self.min_p, 'a number in [0, 1] (0 = off)', lambda v: 0 <= v <= 1)
+        _number('repetition_penalty', self.repetition_penalty, 'a finite number > 0 (1 = off)',
+                lambda v: v > 0)
+
+
+def _number(name: str, value: object, allowed: str, rule: Callable[[float], bool]) -> None:
+    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+          and math.isfinite(value) and rule(value))
+    if not ok:
+        raise ValueError(f'{name} must be {allowed}, got {value!r}')
 
 
 class Sampler:
     """Draws tokens from logits with :class:`SamplingParams`; ``seed`` makes it reproducible."""
 
     def __init__(self, params: SamplingParams | None = None, seed: int | None = None, **overrides: float):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise ValueError(f'seed must be a non-negative integer or None, got {seed!r}')
         params = params or SamplingParams()
         self.params = replace(params, **overrides) if overrides else params
         self.rng = np.random.default_rng(seed)

@@ -19,6 +19,7 @@ Sampling keywords (see :mod:`gadget.sampling` for the order they apply in): ``te
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -131,6 +132,10 @@ class TextGen:
             self.model.close()
             raise
         self.history: list[int] = []   # the tokens in the model's cache, in order
+        self._busy = threading.Lock()   # held while a generation runs (see _check_idle)
+        #: Why the last generation ended: 'stop' (an end-of-generation token or a stop string),
+        #: 'length' (max_gen, or the end of the context); None before any.
+        self.finish_reason: str | None = None
 
     # --- tokens ---------------------------------------------------------------------------------
 
@@ -144,18 +149,31 @@ class TextGen:
 
     def reset(self) -> None:
         """Forget the context (empties the KV cache)."""
+        self._check_idle()
         self.model.reset()
         self.history = []
 
     def logits(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Evaluate ``tokens`` after the current context; return the next-token logits."""
+        self._check_idle()
+        return self._eval(tokens, all_logits)
+
+    def _eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         tokens = [int(t) for t in tokens]
         out = self.model(tokens, all_logits=all_logits)
-        self.history.extend(tokens)
+        self.history.extend(tokens)       # only once the model has them in its cache
         return out
+
+    def _check_idle(self) -> None:
+        if self._busy.locked():
+            raise RuntimeError(f'{type(self).__name__} is generating (an unfinished stream, or another '
+                               'thread): finish or close that stream first, or use one per thread')
 
     def _prefill(self, tokens: list[int]) -> np.ndarray:
         """Evaluate ``tokens`` as the whole context, reusing the longest cached prefix."""
+        if not tokens:
+            raise ValueError('the prompt is empty: give at least one token (an empty text with a model '
+                             'that adds no BOS token tokenizes to nothing)')
         common = 0
         for a, b in zip(self.history, tokens):
             if a != b:
@@ -165,7 +183,7 @@ class TextGen:
             common -= 1
         self.model.rewind(common)
         self.history = self.history[:common]
-        return self.logits(tokens[common:])
+        return self._eval(tokens[common:])
 
     def sample(self, logits: np.ndarray, **kwargs: Any) -> int:
         """One token from ``logits`` with this call's sampling settings (see the module docstring)."""
@@ -175,41 +193,65 @@ class TextGen:
     # --- generation -----------------------------------------------------------------------------
 
     def stream_tokens(self, tokens: Sequence[int], max_gen: int = 128, **kwargs: Any) -> Iterator[int]:
-        """Yield generated token ids after the prompt ``tokens`` (which replace the context)."""
+        """Yield generated token ids after the prompt ``tokens`` (which replace the context).
+
+        Generation ends at ``max_gen`` tokens or at the end of the context (``finish_reason``
+        ``'length'``), or at an end-of-generation token (``'stop'``). A prompt that does not fit in
+        the context raises :class:`~gadget.errors.ContextOverflowError` before anything is computed.
+        """
         sampler = _sampler(kwargs, self.defaults)
-        if max_gen < 0:
-            raise ValueError(f'max_gen must be >= 0, got {max_gen}')
-        logits = self._prefill([int(t) for t in tokens])
-        for i in range(max_gen):
-            token = sampler(logits, self.history)
-            if token in self.eog_ids:
-                return
-            yield token
-            if i + 1 < max_gen:   # the last token needs no evaluation (a later prompt evaluates it)
-                logits = self.logits([token])
+        if isinstance(max_gen, bool) or not isinstance(max_gen, (int, np.integer)) or max_gen < 0:
+            raise ValueError(f'max_gen must be an integer >= 0, got {max_gen!r}')
+        tokens = [int(t) for t in tokens]
+        return self._generate_tokens(tokens, int(max_gen), sampler)
+
+    def _generate_tokens(self, tokens: list[int], max_gen: int, sampler: Sampler) -> Iterator[int]:
+        if not self._busy.acquire(blocking=False):
+            self._check_idle()          # raises: another generation holds it
+        self.finish_reason = None
+        try:
+            logits = self._prefill(tokens)
+            n_ctx = int(self.model.params['context_length'])
+            for i in range(max_gen):
+                token = sampler(logits, self.history)
+                if token in self.eog_ids:
+                    self.finish_reason = 'stop'
+                    return
+                yield token
+                if i + 1 < max_gen:   # the last token needs no evaluation (a later prompt evaluates it)
+                    if self.model.n_past >= n_ctx:
+                        self.finish_reason = 'length'   # the context is full: stop, keep the text
+                        return
+                    logits = self._eval([token])
+            self.finish_reason = 'length'
+        finally:
+            self._busy.release()
 
     def stream(self, text: str, max_gen: int = 128, stop: Iterable[str] = (), **kwargs: Any) -> Iterator[str]:
         """Yield the generated text in pieces. No piece ends inside a UTF-8 character, no stop string
         is emitted, and the pieces joined equal :meth:`generate`'s text."""
-        yield from self._stream_text(self.tokenize(text), max_gen, stop, kwargs)
+        # Not a generator itself: bad arguments raise here, before anything is generated.
+        return self._stream_text(self.stream_tokens(self.tokenize(text), max_gen, **kwargs), stop)
 
     def generate(self, text: str, max_gen: int = 128, stop: Iterable[str] = (), **kwargs: Any) -> str:
         """The text generated after ``text``."""
         return ''.join(self.stream(text, max_gen, stop, **kwargs))
 
-    def _stream_text(self, prompt: list[int], max_gen: int, stop: Iterable[str],
-                     kwargs: dict[str, Any]) -> Iterator[str]:
+    def _stream_text(self, tokens: Iterator[int], stop: Iterable[str]) -> Iterator[str]:
+        if isinstance(stop, str):
+            raise TypeError(f'stop must be a list of strings, got the string {stop!r}: pass [{stop!r}]')
         stops = [s for s in stop if s]
         generated: list[int] = []
         emitted = 0
         text = ''
-        for token in self.stream_tokens(prompt, max_gen, **kwargs):
+        for token in tokens:
             generated.append(token)
             text = self.detokenize(generated)
             hit = _find_stop(text, stops)
             if hit is not None:
                 if hit > emitted:
                     yield text[emitted:hit]
+                self.finish_reason = 'stop'
                 return
             # Hold back an incomplete UTF-8 character and anything that may start a stop string.
             safe = len(text.rstrip('\ufffd')) if text.endswith('\ufffd') else len(text)
@@ -282,14 +324,21 @@ class TextChat(TextGen):
     def stream_chat(self, text: str, max_gen: int = 512, prefill: str | None = None, stop: Iterable[str] = (),
                     **kwargs: Any) -> Iterator[str]:
         """Add the user's ``text``; yield the assistant's reply in pieces (prefill not repeated)."""
+        before = list(self.messages)
         self.messages.append({'role': 'user', 'content': text})
-        reply = []
+        reply: list[str] = []
         try:
-            for chunk in self._stream_text(self._prompt_tokens(prefill), max_gen, stop, kwargs):
+            tokens = self.stream_tokens(self._prompt_tokens(prefill), max_gen, **kwargs)
+            for chunk in self._stream_text(tokens, stop):
                 reply.append(chunk)
                 yield chunk
-        finally:
+        except GeneratorExit:   # the caller stopped reading: the reply so far is the turn's reply
             self.messages.append({'role': 'assistant', 'content': (prefill or '') + ''.join(reply)})
+            raise
+        except BaseException:   # a failed turn leaves the conversation as it was before it
+            self.messages[:] = before
+            raise
+        self.messages.append({'role': 'assistant', 'content': (prefill or '') + ''.join(reply)})
 
     def generate_chat(self, text: str, max_gen: int = 512, prefill: str | None = None,
                       stop: Iterable[str] = (), **kwargs: Any) -> str:

@@ -158,6 +158,12 @@ class Tokenizer:
         """Token ids of ``text``; ``add_special_tokens`` adds BOS/EOS where the model expects them."""
         if not isinstance(text, str):
             raise TypeError(f'text must be a str, got {type(text).__name__}')
+        try:
+            text.encode('utf-8')
+        except UnicodeEncodeError as exc:
+            raise ValueError(f'text is not valid Unicode: {exc.reason} at index {exc.start} '
+                             f'({text[exc.start:exc.end]!r}); decode your input with errors="replace"'
+                             ) from None
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

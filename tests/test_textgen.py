@@ -56,7 +56,7 @@ def test_streaming_never_splits_a_utf8_character(gen, monkeypatch):
         out[next(forced, sorted(gen.eog_ids)[0])] = 0.0
         return out
 
-    monkeypatch.setattr(gen, 'logits', fake_logits)
+    monkeypatch.setattr(gen, '_eval', fake_logits)   # the evaluation step generation uses
     chunks = list(gen.stream('x', max_gen=10, temperature=0))
     assert ''.join(chunks) == '€é'
     assert all('\ufffd' not in c for c in chunks)
@@ -66,13 +66,13 @@ def test_chat_turns_reuse_the_cache():
     with TextChat(default_model_path(), system='You answer in one short sentence.',
                   context_length=1024) as chat:
         evaluated = []
-        original = chat.logits
+        original = chat._eval          # the evaluation step prefill and decoding go through
 
         def counting(tokens, all_logits=False):
             evaluated.append(len(tokens))
             return original(tokens, all_logits)
 
-        chat.logits = counting
+        chat._eval = counting
         first = chat.generate_chat('What is the capital of France?', max_gen=24, temperature=0)
         assert first
         history_after_first = len(chat.history)

@@ -230,6 +230,7 @@ class GgufFile:
         """
         if not isinstance(name, str) or not name:
             raise GgufError(f'field names are non-empty strings, got {name!r}')
+        encode_name(name, 'field')    # a name that cannot be written is refused now
         vtype = as_gguf_type(type)
         if vtype is None and name == ALIGNMENT_KEY:
             vtype = GgufType.UINT32   # the only type GGML's and gguf-py's readers accept here
@@ -298,7 +299,11 @@ class GgufFile:
 
     def save(self, path: str | os.PathLike, alignment: int | None = None) -> None:
         """Write a GGUF v3 file. Streams tensor data (no second copy in memory); writes a temporary
-        file next to ``path`` and renames it, so a failure leaves no partial file behind."""
+        file next to ``path`` and renames it, so a failure leaves no partial file behind. A ``path``
+        that is a symbolic link is written through: its target is replaced, the link stays."""
+        path = Path(path)
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))
         if alignment is None:
             alignment = self.alignment
         if alignment <= 0 or alignment & (alignment - 1):

@@ -261,7 +261,10 @@ def normalise(value: Any, vtype: GgufType | None, etype: GgufType | None,
             for v in items:
                 if not isinstance(v, (str, bytes)):
                     raise GgufError(f'field {name!r}: array of STRING holds a {type(v).__name__}')
-            return vtype, etype, [v if isinstance(v, str) else decode_str(v) for v in items]
+            strings = [v if isinstance(v, str) else decode_str(v) for v in items]
+            for i, v in enumerate(strings):
+                check_utf8(v, f'field {name!r}, item {i}')
+            return vtype, etype, strings
         if etype == GgufType.ARRAY:
             return vtype, etype, [normalise(v, GgufType.ARRAY, None, name)[2] for v in items]
         raise GgufError(f'field {name!r}: unsupported array element type {etype.name}')
@@ -270,6 +273,7 @@ def normalise(value: Any, vtype: GgufType | None, etype: GgufType | None,
             value = decode_str(value)
         if not isinstance(value, str):
             raise GgufError(f'field {name!r}: STRING needs str, got {type(value).__name__}')
+        check_utf8(value, f'field {name!r}')
         return vtype, None, value
     if vtype in SCALAR:
         if isinstance(value, (str, bytes, list, tuple, np.ndarray)) or value is None:
@@ -287,6 +291,16 @@ def array_depth(value: Any) -> int:
     if isinstance(value, list) and value and not isinstance(value[0], str):
         return 1 + max(array_depth(v) for v in value)
     return 1
+
+
+def check_utf8(text: str, what: str) -> None:
+    """GGUF strings are UTF-8: a str that cannot be encoded (a lone surrogate) is refused now, not
+    when the file is written."""
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError as exc:
+        raise GgufError(f'{what}: not valid UTF-8 text ({exc.reason} at index {exc.start}: '
+                        f'{text[exc.start:exc.end]!r})') from None
 
 
 def encode_name(name: str, kind: str) -> bytes:

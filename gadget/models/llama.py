@@ -220,25 +220,29 @@ class LlamaModel(GgmlModel):
 
     def reset(self) -> None:
         """Forget every cached token."""
-        self.cache.clear()
+        with self.lock:
+            self.cache.clear()
 
     def rewind(self, n_keep: int) -> None:
         """Keep only the first ``n_keep`` cached tokens (the rest are overwritten by later calls)."""
-        self.cache.keep(n_keep)
+        with self.lock:
+            self.cache.keep(n_keep)
 
     def __call__(self, tokens: Any, all_logits: bool = False) -> np.ndarray:  # type: ignore[override]
         """Evaluate ``tokens`` after the cached ones; return the last position's logits (n_vocab,)
         or, with ``all_logits``, every new position's (n_tokens, n_vocab)."""
         ids = token_ids(tokens, self.params['n_vocab'])
-        self.cache.check_fits(ids.size)        # before anything is computed
-        batch = self.params['batch_size']
-        outputs = []
-        for start in range(0, ids.size, batch):
-            chunk = ids[start:start + batch]
-            n_out = chunk.size if all_logits else 1
-            logits = self._step(chunk, n_out)
-            if all_logits or start + batch >= ids.size:
-                outputs.append(logits)
+        with self.lock:                        # one call at a time; close() waits for it
+            self._check_open()
+            self.cache.check_fits(ids.size)    # before anything is computed
+            batch = self.params['batch_size']
+            outputs = []
+            for start in range(0, ids.size, batch):
+                chunk = ids[start:start + batch]
+                n_out = chunk.size if all_logits else 1
+                logits = self._step(chunk, n_out)
+                if all_logits or start + batch >= ids.size:
+                    outputs.append(logits)
         return np.concatenate(outputs) if all_logits else outputs[-1][-1]
 
     def _step(self, chunk: np.ndarray, n_out: int) -> np.ndarray:
