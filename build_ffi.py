@@ -238,6 +238,7 @@ class Binding:
     skipped: list[str] = field(default_factory=list)   # declared but not exported
     enums: list[str] = field(default_factory=list)     # tags of the named enums
     modules: dict[str, str] = field(default_factory=dict)   # function -> module group (trampolines)
+    enum_counts: dict[str, str] = field(default_factory=dict)  # enum tag -> its *_COUNT member
 
 
 def find_compiler() -> str:
@@ -372,10 +373,26 @@ def _wrapper_head(fn: Function, name: str, storage: list[str]) -> tuple[str, lis
     return c_generator.CGenerator().visit(decl), names
 
 
-def _guard_source(fn: Function, checked: bool = False) -> str:
+def _enum_checks(fn: Function, names: list[str], counts: dict[str, str]) -> str:
+    """C conditions that every enum argument lies in its enum's range (GGML indexes tables with
+    them: ``ggml_type_name(100000)`` would read far out of bounds)."""
+    params, _ = _param_info(fn.decl)
+    conditions = []
+    for param, name in zip(params, names):
+        text = _declare(param.type, None)
+        tag = text[len('enum '):] if text.startswith('enum ') else None
+        if tag in counts:
+            conditions.append(f'gadget_enum_ok((long long) {name}, {counts[tag]}, "{name}", "{tag}")')
+    return ' && '.join(conditions)
+
+
+def _guard_source(fn: Function, checked: bool = False, counts: dict[str, str] | None = None) -> str:
     head, names = _wrapper_head(fn, f'gadget_guard_{fn.name}', ['static'])
     call = f"{fn.name}({', '.join(names)})"
     check = f"gadget_check_{fn.name}({', '.join(names)})" if checked else ''
+    enums = _enum_checks(fn, names, counts or {})
+    check = ' && '.join(c for c in (enums, check) if c)
+    check = f'({check})' if check else ''
     result_decl = _declare(fn.decl.type.type, 'result')
     if fn.returns == 'void':
         body = ('    jmp_buf here; jmp_buf *outer = gadget_jmp;\n'
@@ -442,10 +459,15 @@ class _ArrayDims(c_ast.NodeVisitor):
 class _Enums(c_ast.NodeVisitor):
     def __init__(self) -> None:
         self.tags: list[str] = []
+        self.counts: dict[str, str] = {}   # tag -> its ``*_COUNT`` member (one past the last value)
 
     def visit_Enum(self, node: c_ast.Enum) -> None:
         if node.name and node.values is not None:
             self.tags.append(node.name)
+            names = [e.name for e in node.values.enumerators]
+            count = [n for n in names if n.endswith('_COUNT')]
+            if count and names[-1] == count[0]:
+                self.counts[node.name] = count[0]
 
     @classmethod
     def find(cls, node: c_ast.Node) -> list[str]:
@@ -501,9 +523,12 @@ def collect(text: str, exported: set[str], guarded_headers: set[str],
         elif isinstance(node, c_ast.Decl) and node.storage and 'extern' in node.storage:
             continue  # global variables: none are part of GGML's public API
         else:
-            for enum in _Enums.find(node):
+            finder = _Enums()
+            finder.visit(node)
+            for enum in finder.tags:
                 if enum not in binding.enums:
                     binding.enums.append(enum)
+            binding.enum_counts.update(finder.counts)
             if isinstance(node, c_ast.Decl) and node.init is not None:
                 node.init = None  # `static const size_t X = sizeof(...)`: the compiler supplies it
             _simplify_array_dims(node)
@@ -513,7 +538,7 @@ def collect(text: str, exported: set[str], guarded_headers: set[str],
     checks = checked_ops()
     for fn in binding.functions.values():
         if fn.header in guarded_headers and not fn.variadic and fn.name not in UNGUARDED:
-            guards.append(_guard_source(fn, checked=fn.name in checks))
+            guards.append(_guard_source(fn, checked=fn.name in checks, counts=binding.enum_counts))
             binding.guarded.append(fn.name)
     unknown = checks - set(binding.guarded)
     if unknown:

@@ -72,6 +72,9 @@ def _fail(op: str, params: tuple[str, ...], args: tuple[Any, ...], result: Any) 
     raise GgmlOpError(f'{op}: {reason or text} [{where}]{detail}', op=op, reason=reason, where=where)
 
 
+_REQUIRED_CPU_ARGS = frozenset({'ctx', 'cgraph', 'cplan'})
+
+
 def _set_name(tensor: Any, name: str | bytes) -> None:
     lib.ggml_set_name(tensor, name.encode() if isinstance(name, str) else name)
 
@@ -83,10 +86,16 @@ def _make_wrapper(c_name: str, info: dict[str, Any]) -> Callable[..., Any]:
     target = getattr(lib, f'gadget_guard_{c_name}' if info['guarded'] else c_name)
     params = [p + '_' if keyword.iskeyword(p) else p for p in info['params']]
     takes_name = info['graph_op'] and 'name' not in params
-    if not guarded and not info['strings']:
+    # The CPU backend's graph functions run on GGML's worker threads, where no guard can catch a
+    # fault: the context, graph and plan they are given must not be NULL.
+    required = [p for p in params if info['header'] == 'ggml-cpu.h' and p in _REQUIRED_CPU_ARGS]
+    if not guarded and not info['strings'] and not required:
         return target  # nothing to add: the raw C function is the fastest wrapper
 
     lines = []
+    for p in required:
+        lines.append(f'    if {p} is None or {p} == _NULL: raise _GgmlOpError('
+                     f'"{c_name}: argument {p} is NULL", op={c_name!r}, reason="{p} is NULL")')
     for i in info['strings']:
         p = params[i]
         lines.append(f'    if {p}.__class__ is str: {p} = {p}.encode()')
@@ -107,8 +116,8 @@ def _make_wrapper(c_name: str, info: dict[str, Any]) -> Callable[..., Any]:
         lines.append('    return r')
     signature = ', '.join(params + variadic + (['name=None'] if takes_name else []))
     source = f'def {c_name}({signature}):\n' + '\n'.join(lines) + '\n'
-    namespace = {'_c': target, '_fail': _fail, '_set_name': _set_name,
-                 '_pending': lib.gadget_error_pending, '_params': tuple(params)}
+    namespace = {'_c': target, '_fail': _fail, '_set_name': _set_name, '_NULL': ffi.NULL,
+                 '_GgmlOpError': GgmlOpError, '_pending': lib.gadget_error_pending, '_params': tuple(params)}
     exec(compile(source, f'<gadget.ggml {c_name}>', 'exec'), namespace)
     wrapper = namespace[c_name]
     wrapper.__doc__ = info['c'] + ('\n\nname: optional name of the result node.' if takes_name else '')

@@ -267,3 +267,20 @@ def test_a_file_that_is_not_a_model_is_a_one_line_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "'qwen3' is not supported" in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_cpu_graph_compute_with_null_arguments_raises_instead_of_crashing():
+    proc = run_isolated('''
+        from gadget import GgmlOpError
+        from gadget import ggml as G
+        from gadget.ggml import ffi
+        for args in [(ffi.NULL, ffi.NULL, 1), (None, None, 1)]:
+            try:
+                G.ggml_graph_compute_with_ctx(*args)
+            except GgmlOpError as exc:
+                assert 'is NULL' in str(exc), exc
+            else:
+                raise SystemExit('accepted a NULL graph')
+        print('OK')
+    ''')
+    assert proc.returncode == 0 and proc.stdout.strip() == 'OK', proc.stderr[-2000:]

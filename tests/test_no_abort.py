@@ -450,9 +450,9 @@ CHECKED = [
     C('new_tensor_5_dims', CHECK, 'ggml_new_tensor',
       'G.ggml_new_tensor(ctx, F32, 5, ffi.new("int64_t[5]", [1] * 5))',
       'n_dims must be 1..4, got 5'),
-    C('new_tensor_type_1000', ASSERT, 'ggml_new_tensor',
+    C('new_tensor_type_1000', CHECK, 'ggml_new_tensor',
       'G.ggml_new_tensor(ctx, 1000, 1, ffi.new("int64_t[1]", [4]))',
-      'GGML_TYPE_COUNT'),
+      'not a valid enum ggml_type'),
     C('new_tensor_negative_dim', CHECK, 'ggml_new_tensor_2d', 'G.ggml_new_tensor_2d(ctx, F32, 4, -3)',
       'dimension 1 is negative (-3)'),
     C('context_out_of_memory', ASSERT, 'ggml_new_tensor_1d', 'G.ggml_new_tensor_1d(ctx, F32, 1 << 20)',
@@ -600,6 +600,21 @@ CHECKED = [
       'a: f32 [3, 3, 1, 2]'),
     C('conv_1d_dw_ph_stride_0', FPE, 'ggml_conv_1d_dw_ph',
       'G.ggml_conv_1d_dw_ph(ctx, new(F16, 3, 1, 2), new(F32, 10, 2), 0, 1)', 'b: f32 [10, 2]'),
+    # sizes whose byte count would wrap around, and enum values outside their enums (GGML indexes
+    # its type tables with them)
+    C('new_tensor_2_62_elements', CHECK, 'ggml_new_tensor_1d', 'G.ggml_new_tensor_1d(ctx, F32, 1 << 62)',
+      'more than 2^60 elements'),
+    C('new_tensor_4d_2_80_elements', CHECK, 'ggml_new_tensor_4d',
+      'G.ggml_new_tensor_4d(ctx, F32, 1 << 20, 1 << 20, 1 << 20, 1 << 20)', 'more than 2^60 elements'),
+    C('new_tensor_bytes_past_2_60', CHECK, 'ggml_new_tensor_2d',
+      'G.ggml_new_tensor_2d(ctx, F32, 1 << 40, 1 << 19)', 'more than 2^60 bytes'),
+    C('new_tensor_type_out_of_range', CHECK, 'ggml_new_tensor_1d', 'G.ggml_new_tensor_1d(ctx, 100000, 4)',
+      'type = 100000 is not a valid enum ggml_type'),
+    C('new_tensor_removed_type', CHECK, 'ggml_new_tensor_1d', 'G.ggml_new_tensor_1d(ctx, 4, 32)',
+      'type 4 is not a GGML tensor type'),
+    C('type_name_out_of_range', CHECK, 'ggml_type_name', 'G.ggml_type_name(100000)',
+      'not a valid enum ggml_type'),
+    C('op_name_out_of_range', CHECK, 'ggml_op_name', 'G.ggml_op_name(1 << 20)', 'not a valid enum ggml_op'),
 ]
 
 # --------------------------------------------------------------------------------------------

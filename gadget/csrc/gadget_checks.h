@@ -24,6 +24,14 @@ static int gadget_reject(const char *fmt, ...) {
     return 0;
 }
 
+/* An enum argument within [0, count): GGML indexes its tables with it. */
+static int gadget_enum_ok(long long value, long long count, const char *name, const char *tag) {
+    if (value < 0 || value >= count) {
+        return gadget_reject("%s = %lld is not a valid enum %s (0..%lld)", name, value, tag, count - 1);
+    }
+    return 1;
+}
+
 #define GADGET_REQUIRE(cond, ...) do { if (!(cond)) return gadget_reject(__VA_ARGS__); } while (0)
 #define GADGET_TENSOR(t) GADGET_REQUIRE((t) != NULL, "tensor argument '" #t "' is NULL")
 
@@ -55,11 +63,29 @@ static int gadget_dims_ok(enum ggml_type type, int n, const int64_t *ne) {
     for (int i = 0; i < n; i++) {
         GADGET_REQUIRE(ne[i] >= 0, "dimension %d is negative (%lld)", i, (long long) ne[i]);
     }
-    if (type >= 0 && type < GGML_TYPE_COUNT && n > 0 && ggml_blck_size(type) > 1) {
+    GADGET_REQUIRE(type >= 0 && type < GGML_TYPE_COUNT && ggml_type_size(type) > 0,
+                   "type %d is not a GGML tensor type (0..%d, removed types excluded)", (int) type,
+                   GGML_TYPE_COUNT - 1);
+    if (n > 0 && ggml_blck_size(type) > 1) {
         GADGET_REQUIRE(ne[0] % ggml_blck_size(type) == 0,
                        "a %s row must hold a multiple of %lld elements (one block), got ne0=%lld",
                        ggml_type_name(type), (long long) ggml_blck_size(type), (long long) ne[0]);
     }
+    /* Elements and bytes must fit in 63 bits, or ggml_nbytes wraps (to 0, say) and compute later
+       writes far outside the tensor. */
+    const int64_t limit = INT64_MAX / 8;
+    int64_t elements = 1, bytes = n > 0 ? (int64_t) 1 : 0;
+    for (int i = 0; i < n; i++) {
+        if (ne[i] == 0) {
+            return 1;   /* an empty tensor */
+        }
+        GADGET_REQUIRE(elements <= limit / ne[i], "the shape has more than 2^60 elements (dimension %d is %lld)",
+                       i, (long long) ne[i]);
+        elements *= ne[i];
+    }
+    bytes = (elements / ggml_blck_size(type));
+    GADGET_REQUIRE(bytes <= limit / (int64_t) ggml_type_size(type), "the tensor would need more than 2^60 bytes "
+                   "(%lld elements of %s)", (long long) elements, ggml_type_name(type));
     return 1;
 }
 
