@@ -47,7 +47,7 @@ from .gguf import keys as K
 from .types import TypeLike, as_ggml_type
 
 __all__ = ['GgmlModel', 'Parameter', 'Tensor', 'Input', 'Buffer', 'State', 'ROLES', 'positive_int',
-           'positive_float', 'one_of']
+           'positive_float', 'one_of', 'divides', 'even_at_most', 'ggml_type_in']
 
 log = logging.getLogger('gadget.model')
 
@@ -95,6 +95,33 @@ def positive_float(value: Any, params: Mapping[str, Any] | None = None) -> str |
               and not isinstance(value, (bool, np.bool_)))
     ok = number and math.isfinite(value) and value > 0
     return None if ok else 'a finite number > 0'
+
+
+def divides(other: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
+    """A check: a positive integer dividing parameter ``other`` (KV heads dividing the heads)."""
+    def check(value: Any, params: Mapping[str, Any]) -> str | None:
+        ok = positive_int(value) is None and params[other] % value == 0
+        return None if ok else f'a positive integer dividing {other} ({params[other]})'
+    return check
+
+
+def even_at_most(other: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
+    """A check: an even positive integer no larger than parameter ``other`` (rotated dimensions)."""
+    def check(value: Any, params: Mapping[str, Any]) -> str | None:
+        ok = positive_int(value) is None and value % 2 == 0 and value <= params[other]
+        return None if ok else f'an even positive integer at most {other} ({params[other]})'
+    return check
+
+
+def ggml_type_in(*allowed: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
+    """A check: one of the GGML types ``allowed`` (by name, any case, or as a ``GgmlType``)."""
+    def check(value: Any, params: Mapping[str, Any] | None = None) -> str | None:
+        try:
+            ok = as_ggml_type(value).name in allowed
+        except (ValueError, TypeError):
+            ok = False
+        return None if ok else 'one of the types ' + ', '.join(repr(a) for a in allowed)
+    return check
 
 
 def one_of(*allowed: Any) -> Callable[[Any, Mapping[str, Any]], str | None]:

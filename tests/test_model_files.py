@@ -196,7 +196,7 @@ def test_vocabulary_size_must_match_the_embedding(tmp_path):
     (dict(context_length=0), 'context_length = 0 (given) must be a positive integer'),
     (dict(batch_size=0), 'batch_size = 0 (given) must be a positive integer'),
     (dict(batch_size=2.5), 'batch_size = 2.5 (given) must be a positive integer'),
-    (dict(kv_type='Q7'), "kv_type = 'Q7' (given) must be a KV cache type"),
+    (dict(kv_type='Q7'), "kv_type = 'Q7' (given) must be one of the types 'F16', 'F32', 'BF16'"),
     (dict(norm_eps=float('inf')), 'norm_eps = inf (given) must be a finite number > 0'),
 ])
 def test_impossible_arguments_are_refused_naming_the_parameter(tmp_path, kwargs, words):

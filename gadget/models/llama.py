@@ -18,18 +18,14 @@ import numpy as np
 
 from .. import ggml as G
 from ..errors import ContextOverflowError, ModelFileError
-from ..ggml import GgmlType
 from ..gguf import keys as K
-from ..model import Buffer, GgmlModel, Input, Parameter, State, Tensor, one_of, positive_float, positive_int
-from .cache import KV_STEP, KVCache
+from ..model import (Parameter, State, Tensor, divides, even_at_most, one_of, positive_float, positive_int)
+from .decoder import DEFAULT_CONTEXT, KV_STEP, CachedDecoder
 from .layers import Rope, attention, kv_cache_write, rms_norm, swiglu_feed_forward
-from ..types import as_ggml_type
 from .registry import register
-from .tokens import token_ids
 
 __all__ = ['LlamaModel', 'ContextOverflowError', 'KV_STEP']
 
-DEFAULT_CONTEXT = 4096   # default cap on the KV cache (the model's own length may be far larger)
 _SCORES = re.compile(r'attn\d+_scores')
 
 
@@ -40,28 +36,8 @@ def _split(n_embd: int, n_head: int) -> int:
     return n_embd // n_head
 
 
-def _divides(other: str) -> Any:
-    def check(value: Any, p: Any) -> str | None:
-        ok = positive_int(value) is None and p[other] % value == 0
-        return None if ok else f'a positive integer dividing {other} ({p[other]})'
-    return check
-
-
-def _cache_type(value: Any, p: Any) -> str | None:
-    try:
-        ok = as_ggml_type(value) in (GgmlType.F16, GgmlType.F32, GgmlType.BF16)
-    except ValueError:
-        ok = False
-    return None if ok else "a KV cache type: 'F16', 'F32' or 'BF16'"
-
-
-def _rope_dims(value: Any, p: Any) -> str | None:
-    ok = positive_int(value) is None and value % 2 == 0 and value <= p['head_dim']
-    return None if ok else f"an even positive integer at most head_dim ({p['head_dim']})"
-
-
 @register('llama')
-class LlamaModel(GgmlModel):
+class LlamaModel(CachedDecoder):
     """A Llama-architecture language model with a KV cache.
 
     Parameters (from the GGUF file unless given): ``context_length`` (KV cache rows; default the
@@ -82,9 +58,9 @@ class LlamaModel(GgmlModel):
     n_embd: Parameter(K.EMBEDDING_LENGTH, check=positive_int)
     n_ff: Parameter(K.FEED_FORWARD_LENGTH, check=positive_int)
     n_head: Parameter(K.HEAD_COUNT, check=positive_int)
-    n_head_kv: Parameter(K.HEAD_COUNT_KV, fallback=lambda p: p['n_head'], check=_divides('n_head'))
+    n_head_kv: Parameter(K.HEAD_COUNT_KV, fallback=lambda p: p['n_head'], check=divides('n_head'))
     head_dim: Parameter(K.KEY_LENGTH, fallback=lambda p: _split(p['n_embd'], p['n_head']), check=positive_int)
-    n_rot: Parameter(K.ROPE_DIMENSION_COUNT, fallback=lambda p: p['head_dim'], check=_rope_dims)
+    n_rot: Parameter(K.ROPE_DIMENSION_COUNT, fallback=lambda p: p['head_dim'], check=even_at_most('head_dim'))
     n_ctx_train: Parameter(K.CONTEXT_LENGTH, fallback=DEFAULT_CONTEXT, check=positive_int)
     n_ctx_orig: Parameter(K.ROPE_SCALING_ORIGINAL_CONTEXT_LENGTH, fallback=lambda p: p['n_ctx_train'],
                           check=positive_int)
@@ -93,21 +69,9 @@ class LlamaModel(GgmlModel):
     rope_factor: Parameter(K.ROPE_SCALING_FACTOR, fallback=1.0, check=positive_float)
     norm_eps: Parameter(K.LAYER_NORM_RMS_EPSILON, fallback=1e-5, check=positive_float)
     n_vocab_declared: Parameter(K.VOCAB_SIZE, fallback=None)
-    context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT), check=positive_int)
-    batch_size: Parameter(lambda p: min(512, int(p['context_length'])), check=positive_int)
-    kv_type: Parameter('F16', check=_cache_type)
-    # False (default): matmul + softmax as llama.cpp (and llama-cpp-python by default) computes
-    # attention; True: GGML's fused flash attention, as llama.cpp with flash attention on.
-    flash_attn: Parameter(False, check=one_of(False, True))
     n_q: Parameter(lambda p: p['n_head'] * p['head_dim'])
     n_kv: Parameter(lambda p: p['n_head_kv'] * p['head_dim'])
     n_rot_half: Parameter(lambda p: p['n_rot'] // 2)
-    mask_size: Parameter(lambda p: p['context_length'] * p['batch_size'])
-    # Without flash attention the V cache is stored transposed (positions along rows), as llama.cpp
-    # does, and written element by element through v_index.
-    v_ne0: Parameter(lambda p: p['n_kv'] if p['flash_attn'] else p['context_length'])
-    v_ne1: Parameter(lambda p: p['context_length'] if p['flash_attn'] else p['n_kv'])
-    v_index_size: Parameter(lambda p: 1 if p['flash_attn'] else p['batch_size'] * p['n_kv'])
 
     # weights, by their GGUF names
     token_embd: Tensor(None, ('n_embd', None), name='token_embd.weight')
@@ -124,20 +88,6 @@ class LlamaModel(GgmlModel):
     output: Tensor(None, ('n_embd', None), name='output.weight', optional=True)   # absent: tied
     rope_freqs: Tensor('F32', ('n_rot_half',), name='rope_freqs.weight', optional=True)
 
-    # KV cache and per-call inputs
-    cache_k: Buffer('kv_type', ('n_kv', 'context_length'), name='cache_k.{i}', repeat='n_layer')
-    cache_v: Buffer('kv_type', ('v_ne0', 'v_ne1'), name='cache_v.{i}', repeat='n_layer')
-    tokens: Input('I32', ('batch_size',))
-    positions: Input('I32', ('batch_size',))
-    kv_index: Input('I64', ('batch_size',))
-    out_index: Input('I32', ('batch_size',))
-    v_index: Input('I64', ('v_index_size',))
-    mask: Input('F16', ('mask_size',))
-
-    # what the graph is built for
-    n_tokens: State(1)
-    n_window: State(KV_STEP)
-    n_outputs: State(1)
     unfused_attention: State(())   # layers whose attention is built unfused (scores readable)
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -154,8 +104,6 @@ class LlamaModel(GgmlModel):
         self.rope = Rope(
             n_rot=int(p['n_rot']), mode=0, n_ctx_orig=int(p['n_ctx_orig']), freq_base=float(p['rope_base']),
             freq_scale=1.0 / factor if p['rope_scaling'] == 'linear' and factor > 0 else 1.0)
-        self.cache = KVCache(int(p['context_length']), int(p['n_kv']), transposed_v=not p['flash_attn'])
-        self.state['n_window'] = min(KV_STEP, int(p['context_length']))
 
     # --- the graph ------------------------------------------------------------------------------
 
@@ -168,12 +116,7 @@ class LlamaModel(GgmlModel):
         self.keep.difference_update([k for k in self.keep if _SCORES.fullmatch(k)])
         self.keep.update(f'attn{il}_scores' for il in unfused)
         n_layer, head_dim = p['n_layer'], p['head_dim']
-        tokens = G.ggml_view_1d(ctx, T['tokens'], n_tokens, 0)
-        positions = G.ggml_view_1d(ctx, T['positions'], n_tokens, 0)
-        kv_index = G.ggml_view_1d(ctx, T['kv_index'], n_tokens, 0)
-        out_index = G.ggml_view_1d(ctx, T['out_index'], n_outputs, 0)
-        v_index = None if p['flash_attn'] else G.ggml_view_1d(ctx, T['v_index'], n_tokens * p['n_kv'], 0)
-        mask = G.ggml_view_2d(ctx, T['mask'], n_window, n_tokens, n_window * 2, 0, name='kq_mask')
+        tokens, positions, kv_index, out_index, v_index, mask = self.call_inputs()
         freq_factors = T['rope_freqs.weight'] if 'rope_freqs.weight' in T else None
         scale = 1.0 / math.sqrt(head_dim)
 
@@ -210,58 +153,6 @@ class LlamaModel(GgmlModel):
         x = rms_norm(ctx, x, T['output_norm.weight'], p['norm_eps'], name='result_norm')
         head = T['output.weight'] if 'output.weight' in T else T['token_embd.weight']
         return G.ggml_mul_mat(ctx, head, x, name='result_output')                   # (n_vocab, n_outputs)
-
-    # --- running it -------------------------------------------------------------------------------
-
-    @property
-    def n_past(self) -> int:
-        """Tokens in the cache."""
-        return self.cache.n_past()
-
-    def reset(self) -> None:
-        """Forget every cached token."""
-        with self.lock:
-            self.cache.clear()
-
-    def rewind(self, n_keep: int) -> None:
-        """Keep only the first ``n_keep`` cached tokens (the rest are overwritten by later calls)."""
-        with self.lock:
-            self.cache.keep(n_keep)
-
-    def __call__(self, tokens: Any, all_logits: bool = False) -> np.ndarray:  # type: ignore[override]
-        """Evaluate ``tokens`` after the cached ones; return the last position's logits (n_vocab,)
-        or, with ``all_logits``, every new position's (n_tokens, n_vocab)."""
-        ids = token_ids(tokens, self.params['n_vocab'])
-        with self.lock:                        # one call at a time; close() waits for it
-            self._check_open()
-            self.cache.check_fits(ids.size)    # before anything is computed
-            batch = self.params['batch_size']
-            outputs = []
-            for start in range(0, ids.size, batch):
-                chunk = ids[start:start + batch]
-                n_out = chunk.size if all_logits else 1
-                logits = self._step(chunk, n_out)
-                if all_logits or start + batch >= ids.size:
-                    outputs.append(logits)
-        return np.concatenate(outputs) if all_logits else outputs[-1][-1]
-
-    def _step(self, chunk: np.ndarray, n_out: int) -> np.ndarray:
-        n = chunk.size
-        plan = self.cache.plan(n)
-        for key, value in (('n_tokens', n), ('n_window', plan.window), ('n_outputs', n_out)):
-            if self.state[key] != value:
-                self.state[key] = value
-        self.ensure_graph()
-        self.write('tokens', chunk)
-        self.write('positions', plan.positions)
-        self.write('kv_index', plan.rows)
-        self.write('out_index', np.arange(n - n_out, n, dtype=np.int32))
-        self.write('mask', plan.mask)
-        if plan.v_index is not None:
-            self.write('v_index', plan.v_index)
-        self.run()
-        self.cache.commit(plan)
-        return self.read(np.empty((n_out, self.params['n_vocab']), dtype=np.float32))
 
     def attention_scores(self, layer: int = -1) -> np.ndarray:
         """The last call's scaled, masked pre-softmax attention scores of ``layer`` (numpy
