@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .errors import ModelFileError
 from .gguf import GgufFile
 from .models import load_model
 from .sampling import Sampler, SamplingParams
@@ -128,6 +129,11 @@ class TextGen:
             self.tokenizer = load_tokenizer(path if model_id is None else None, model_id,
                                             gguf=self.model.gguf)
             self.eog_ids = eog_token_ids(self.tokenizer, self.model.gguf)
+            n_vocab = int(self.model.params.get('n_vocab', 0) or 0)
+            if n_vocab and self.tokenizer.vocab_size > n_vocab:
+                raise ModelFileError(f'the tokenizer has {self.tokenizer.vocab_size} tokens but the model\'s '
+                                     f'embedding has {n_vocab} rows: ids past {n_vocab - 1} could not be '
+                                     'evaluated (a tokenizer of another model?)')
         except BaseException:
             self.model.close()
             raise

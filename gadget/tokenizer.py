@@ -296,7 +296,9 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
     add_bos = bool(fields.get(K.ADD_BOS, kind == 'llama'))
     add_eos = bool(fields.get(K.ADD_EOS, False))
     merges = fields.get(K.MERGES)
-    if merges is not None:
+    if merges is not None and len(merges) == 0:
+        merges = []     # an empty array has no element type to keep: it may come back numeric
+    if merges:
         if not isinstance(merges, list) or not all(isinstance(m, str) and m.count(' ') == 1 for m in merges):
             raise ValueError(f"{where}: tokenizer.ggml.merges must be strings 'left right' (one space each)")
         merges = [tuple(m.split(' ')) for m in merges]

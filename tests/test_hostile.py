@@ -284,3 +284,40 @@ def test_cpu_graph_compute_with_null_arguments_raises_instead_of_crashing():
         print('OK')
     ''')
     assert proc.returncode == 0 and proc.stdout.strip() == 'OK', proc.stderr[-2000:]
+
+
+def test_a_plain_model_called_from_four_threads_gives_the_right_results():
+    proc = run_isolated('''
+        import threading, numpy as np
+        from gadget import GgmlModel, Input, Tensor
+        from gadget.ggml import ggml_mul_mat
+        class Linear(GgmlModel):
+            weight: Tensor('F32', ('n_in', 'n_out'))
+            inputs: Input('F32', ('n_in', 'batch'))
+            def forward(self):
+                return ggml_mul_mat(self.ctx_graph, *self.tensors['weight', 'inputs'])
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((32, 256)).astype(np.float32)
+        model = Linear.from_values(dict(weight=w), n_in=256, n_out=32, batch=8)
+        xs = [rng.standard_normal((8, 256)).astype(np.float32) for _ in range(4)]
+        wrong = []
+        def worker(i):
+            for _ in range(100):
+                if not np.allclose(model(inputs=xs[i]), xs[i] @ w.T, atol=1e-3):
+                    wrong.append(i)
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        print(len(wrong))
+    ''')
+    assert proc.returncode == 0 and proc.stdout.strip() == '0', (proc.stdout, proc.stderr[-2000:])
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
+    from gadget import ModelFileError
+    from test_model_files import write_llama
+    tokens = [f'<t{i}>' for i in range(100)]          # 100 tokens for an embedding of 48 rows
+    path = write_llama(tmp_path / 'tok.gguf', fields={
+        'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.tokens': tokens, 'tokenizer.ggml.merges': []})
+    expected = 'the tokenizer has 100 tokens but the model.s embedding has 48 rows'
+    with pytest.raises(ModelFileError, match=expected):
+        TextGen(path)
