@@ -429,8 +429,8 @@ class GgmlModel(GgmlCompute):
         close_gguf = given.pop('close_gguf', False)
         _check_architecture(cls, gguf)
         params = cls._resolve_params(given, gguf)
-        _check_file_weights(cls, gguf, params, strict)
-        mapped = _mappable(cls, gguf, params, compute) if use_mmap else None
+        specs = _check_file_weights(cls, gguf, params, strict)
+        mapped = _mappable(cls, gguf, params, specs, compute) if use_mmap else None
         model = cls(params, states, gguf=gguf, mapped=mapped, **compute)
         in_place = mapped.tensors if mapped is not None else {}
         weights = set(_weight_names(cls, params))
@@ -505,7 +505,7 @@ class GgmlModel(GgmlCompute):
             self.gguf.close()
 
 
-def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any],
+def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any], specs: Mapping[str, Any],
               compute: dict[str, Any]) -> HostRegion | None:
     """Weights that can point into the file's mapping (host backend, same type and shape, aligned)."""
     backend = compute.get('backend', 'cpu')
@@ -516,7 +516,7 @@ def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any],
     base = ffi.from_buffer(mapping)
     mapped = HostRegion(base=base, size=len(mapping))
     weights = set(_weight_names(cls, params))
-    for name, (ttype, shape) in _tensor_specs(cls, params, gguf, None).items():
+    for name, (ttype, shape) in specs.items():
         record = gguf.tensors.get(name)
         if record is None or name not in weights:
             continue
@@ -581,8 +581,10 @@ def _check_architecture(cls: type, gguf: GgufFile) -> None:
                              f'runs: {", ".join(cls.architectures)}')
 
 
-def _check_file_weights(cls: type, gguf: GgufFile, params: dict[str, Any], strict: bool) -> None:
-    """Every weight the model needs is in the file, in the declared shape; report what is unused."""
+def _check_file_weights(cls: type, gguf: GgufFile, params: dict[str, Any],
+                        strict: bool) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """Every weight the model needs is in the file, in the declared shape; report what is unused.
+    Returns the tensor specs (``name -> (type, ggml shape)``) for the file."""
     where = str(gguf.path) if gguf.path else 'the GGUF file'
     missing = [n for n in _required_weights(cls, params) if n not in gguf.tensors]
     if missing:
@@ -603,6 +605,7 @@ def _check_file_weights(cls: type, gguf: GgufFile, params: dict[str, Any], stric
                              f'{_listing(unused)}')
     if unused:
         log.debug('%s: tensors %s uses none of: %s', where, cls.__name__, _listing(unused))
+    return specs
 
 
 def _tensor_specs(cls: type, params: dict[str, Any], gguf: GgufFile | None,

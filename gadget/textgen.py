@@ -172,8 +172,11 @@ class TextGen:
 
     def _check_idle(self) -> None:
         if self._busy.locked():
-            raise RuntimeError(f'{type(self).__name__} is generating (an unfinished stream, or another '
-                               'thread): finish or close that stream first, or use one per thread')
+            raise self._busy_error()
+
+    def _busy_error(self) -> RuntimeError:
+        return RuntimeError(f'{type(self).__name__} is generating (an unfinished stream, or another '
+                            'thread): finish or close that stream first, or use one per thread')
 
     def _prefill(self, tokens: list[int]) -> np.ndarray:
         """Evaluate ``tokens`` as the whole context, reusing the longest cached prefix."""
@@ -213,7 +216,7 @@ class TextGen:
 
     def _generate_tokens(self, tokens: list[int], max_gen: int, sampler: Sampler) -> Iterator[int]:
         if not self._busy.acquire(blocking=False):
-            self._check_idle()          # raises: another generation holds it
+            raise self._busy_error()    # (checking locked() first would race with its release)
         self.finish_reason = None
         try:
             logits = self._prefill(tokens)
