@@ -85,8 +85,10 @@ class KVCache:
 
     def check_fits(self, n_tokens: int, seq: int = 0) -> None:
         """:class:`ContextOverflowError` unless ``n_tokens`` more tokens fit in the free cells."""
-        free = int(np.count_nonzero(self.cell_seq == _EMPTY))
-        if n_tokens > free:
+        self._check_room(n_tokens, int(np.count_nonzero(self.cell_seq == _EMPTY)), seq)
+
+    def _check_room(self, n_tokens: int, n_free: int, seq: int) -> None:
+        if n_tokens > n_free:
             raise ContextOverflowError(
                 f'{n_tokens} new tokens after {self.n_past(seq)} cached ones exceed context_length '
                 f'({self.n_ctx}): reset() or rewind(), or load the model with a larger context_length')
@@ -94,20 +96,21 @@ class KVCache:
     def plan(self, n_tokens: int, seq: int = 0) -> CachePlan:
         """Where ``n_tokens`` new tokens of sequence ``seq`` go, and the inputs to compute them;
         :class:`ContextOverflowError` (nothing changed) when they do not fit."""
-        self.check_fits(n_tokens, seq)
-        free = np.flatnonzero(self.cell_seq == _EMPTY)
+        empty = self.cell_seq == _EMPTY
+        free = np.flatnonzero(empty)
+        self._check_room(n_tokens, free.size, seq)
         n_past = self.n_past(seq)
         rows = free[:n_tokens].astype(np.int64)
         positions = np.arange(n_past, n_past + n_tokens, dtype=np.int32)
         seqs = np.full(n_tokens, seq, dtype=np.int32)
-        used = np.flatnonzero(self.cell_seq != _EMPTY)
+        used = np.flatnonzero(~empty)
         last = max(int(rows[-1]) if n_tokens else 0, int(used[-1]) if used.size else 0)
         window = min(self.n_ctx, (last // self.step + 1) * self.step)
         # The cells as they will be once this call has run, over the window.
         cell_pos, cell_seq = self.cell_pos[:window].copy(), self.cell_seq[:window].copy()
         cell_pos[rows], cell_seq[rows] = positions, seqs
         visible = (cell_seq[None, :] == seqs[:, None]) & (cell_pos[None, :] <= positions[:, None])
-        mask = np.where(visible, 0.0, -np.inf).astype(np.float16)
+        mask = np.where(visible, np.float16(0), np.float16(-np.inf))
         v_index = None
         if self.transposed_v:
             # element (d, t) of the transposed new values goes to cache_v[d, row_t]
