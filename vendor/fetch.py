@@ -46,7 +46,8 @@ _index = _load_index_client()
 # and inside gadget's own PEP 517 build the outer build's hook settings leak into it (pip 26:
 # "Cannot import build backend ...").
 pip_settings, package_locations = _index.pip_settings, _index.package_locations
-find_file, download, sha256_of = _index.find_file, _index.download, _index.sha256_of
+find_file, download = _index.find_file, _index.download
+sha256_of, verify_sha256 = _index.sha256_of, _index.verify_sha256
 
 
 def _download(pin: dict, into: Path) -> Path:
@@ -65,9 +66,7 @@ def _download(pin: dict, into: Path) -> Path:
         except RuntimeError as exc:
             raise RuntimeError(f'{exc}. Download it by hand and set GADGET_GGML_SDIST to its path.') from None
         download(url, path)
-    got = sha256_of(path)
-    if got != pin['sha256']:
-        raise RuntimeError(f"sha256 mismatch for {path.name}: expected {pin['sha256']}, got {got}")
+    verify_sha256(path, pin['sha256'])
     cached.parent.mkdir(exist_ok=True)
     shutil.copyfile(path, cached)
     return cached
