@@ -627,7 +627,8 @@ def _tensor_specs(cls: type, params: dict[str, Any], gguf: GgufFile | None,
                 if t.type_param not in params:
                     raise TypeError(f'tensor {name!r}: its type comes from parameter {t.type_param!r}, '
                                     'which is not set')
-                ttype = as_ggml_type(params[t.type_param])
+                # a parameter holding None means "as stored"
+                ttype = as_ggml_type(params[t.type_param]) if params[t.type_param] is not None else None
             if ttype is None:
                 if record is not None:
                     ttype = record.type

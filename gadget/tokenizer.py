@@ -275,9 +275,9 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
     if kind is None:
         raise ValueError(f'{where} has no tokenizer (no tokenizer.ggml.model): '
                          'pass model_id= with a tokenizer')
-    if kind not in ('gpt2', 'llama'):
+    if kind not in ('gpt2', 'llama', 'bert'):
         raise ValueError(f"{where}: tokenizer.ggml.model {kind!r} is not supported; supported: 'gpt2' "
-                         "(byte-level BPE), 'llama' (SentencePiece BPE). "
+                         "(byte-level BPE), 'llama' (SentencePiece BPE), 'bert' (WordPiece). "
                          'Pass model_id= with a tokenizer.json')
     tokens = fields.get(K.TOKENS)
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
@@ -321,6 +321,11 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         backend.decoder = decoders.ByteLevel()
         usable = letters
+    elif kind == 'bert':
+        backend = _wordpiece(tokens, types, fields, where)
+        vocab = backend.get_vocab()
+        spelled = [_wordpiece_spelling(t, k) for t, k in zip(tokens, types)]
+        usable = None
     else:
         vocab = {t: i for i, t in enumerate(tokens)}
         if merges is None:
@@ -336,7 +341,7 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
         backend.decoder = decoders.Sequence([decoders.Replace('\u2581', ' '), decoders.ByteFallback(),
                                              decoders.Fuse(), decoders.Strip(content=' ', left=1)])
         usable = None
-    spelling = {t: (spelled[i] if kind == 'gpt2' else t) for i, t in enumerate(tokens)}
+    spelling = {t: (spelled[i] if kind in ('gpt2', 'bert') else t) for i, t in enumerate(tokens)}
 
     # Control tokens (<|im_end|>) are special: matched whole and left out of decoded text; user-defined
     # ones (<think>) are matched whole. In a byte-level vocabulary a control token spelled outside the
@@ -352,15 +357,48 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
     prefix = [bos] if add_bos and bos is not None else []
     suffix = [eos] if add_eos and eos is not None else []
 
-    def sequence(piece: str, type_id: int) -> str:
-        return ' '.join([*(f'{t}:{type_id}' for t in prefix), f'{piece}:{type_id}',
+    def sequence(piece: str, type_id: int, first: bool = True) -> str:
+        return ' '.join([*(f'{t}:{type_id}' for t in prefix if first), f'{piece}:{type_id}',
                          *(f'{t}:{type_id}' for t in suffix)])
 
+    # BERT pairs are [CLS] A [SEP] B [SEP]: the second text has no [CLS] of its own.
     backend.post_processor = processors.TemplateProcessing(
-        single=sequence('$A', 0), pair=f"{sequence('$A', 0)} {sequence('$B', 1)}",
+        single=sequence('$A', 0), pair=f"{sequence('$A', 0)} {sequence('$B', 1, first=kind != 'bert')}",
         special_tokens=[(t, vocab[spelling[t]]) for t in dict.fromkeys(prefix + suffix)])
     template = fields.get(K.CHAT_TEMPLATE)
     return Tokenizer(backend, special, template if isinstance(template, str) else None)
+
+
+def _wordpiece_spelling(token: str, token_type: int) -> str:
+    """A llama.cpp BERT token back in WordPiece's spelling: control tokens as they are, a word start
+    without its ``▁``, a continuation with ``##``."""
+    if token_type == _CONTROL:
+        return token
+    return token[1:] if token.startswith('\u2581') else '##' + token
+
+
+def _wordpiece(tokens: list[str], types: list[int], fields: Mapping[str, Any], where: str) -> Any:
+    """The WordPiece pipeline transformers' BertTokenizerFast runs: BERT's normalizer (lower-casing,
+    and then accent stripping, when the file says so), its pre-tokenizer, WordPiece with ``##``."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    vocab: dict[str, int] = {}
+    for i, (token, token_type) in enumerate(zip(tokens, types)):
+        vocab.setdefault(_wordpiece_spelling(token, token_type), i)
+    unk_id = fields.get(K.UNK_ID)
+    if not isinstance(unk_id, int) or not 0 <= unk_id < len(tokens):
+        raise ValueError(f'{where}: a bert vocabulary needs {K.UNK_ID} (the id of [UNK]), got {unk_id!r}')
+    lowercase = fields.get(K.LOWERCASE)
+    if lowercase is None:   # older files: an uncased vocabulary has no upper-case word pieces
+        lowercase = not any(c.isupper() for t, k in zip(tokens, types) if k != _CONTROL for c in t)
+    backend = Backend(models.WordPiece(vocab, unk_token=tokens[unk_id], continuing_subword_prefix='##',
+                                       max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=bool(lowercase))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix='##', cleanup=True)
+    return backend
 
 
 def _int_list(fields: Mapping[str, Any], key: str, n: int, where: str) -> list[int]:

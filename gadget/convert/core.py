@@ -86,10 +86,14 @@ def torch_to_float32(tensor: Any, name: str) -> np.ndarray:
 
 
 class SafetensorsSource(TensorSource):
-    """The ``*.safetensors`` files of a folder, opened with ``safe_open`` (data read per tensor)."""
+    """The ``*.safetensors`` files of a folder, opened with ``safe_open`` as numpy arrays (data read
+    per tensor; BF16 through ml_dtypes), so no torch is needed."""
 
     def __init__(self, folder: Path, stack: ExitStack):
-        safe_open = optional('safetensors', 'safe_open')
+        from safetensors import safe_open
+
+        from ..types import bfloat16
+        bfloat16()            # registers numpy's bfloat16 dtype, which BF16 checkpoints need
 
         index = folder / 'model.safetensors.index.json'
         if index.is_file():
@@ -110,7 +114,7 @@ class SafetensorsSource(TensorSource):
             raise FileNotFoundError(f'{folder}: no *.safetensors weights{hint}')
         self._where: dict[str, Any] = {}
         for file in files:
-            handle = stack.enter_context(safe_open(str(folder / file), framework='pt'))
+            handle = stack.enter_context(safe_open(str(folder / file), framework='numpy'))
             for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                 if name in self._where:
                     raise ValueError(f'{folder}: tensor {name!r} appears in more than one shard')
@@ -123,7 +127,7 @@ class SafetensorsSource(TensorSource):
         return tuple(self._where[name].get_slice(name).get_shape())
 
     def load(self, name: str) -> np.ndarray:
-        return torch_to_float32(self._where[name].get_tensor(name), name)
+        return np.asarray(self._where[name].get_tensor(name), dtype=np.float32)
 
 
 class StateDictSource(TensorSource):
@@ -215,20 +219,20 @@ def _tokenizer_json(tokenizer: Any) -> dict[str, Any]:
     return json.loads(backend.to_str())
 
 
-def _components(node: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
+def components(node: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
     """A normalizer / pre-tokenizer / decoder and, for a Sequence, its members, flattened."""
     if not node:
         return
     if node.get('type') == 'Sequence':
         for child in node.get('pretokenizers') or node.get('normalizers') or node.get('decoders') or []:
-            yield from _components(child)
+            yield from components(child)
     else:
         yield node
 
 
 def _pre_tokenizer_name(pre: Mapping[str, Any] | None) -> str:
     """llama.cpp's name for a byte-level BPE pre-tokenizer, found from its structure."""
-    parts = list(_components(pre))
+    parts = list(components(pre))
     splits = [p for p in parts if p.get('type') == 'Split']
     byte_level = [p for p in parts if p.get('type') == 'ByteLevel']
     if not splits and len(byte_level) == 1 and byte_level[0].get('use_regex', True):
@@ -250,10 +254,10 @@ def _merge_strings(merges: Sequence[Any]) -> list[str]:
 
 
 def _add_space_prefix(spec: Mapping[str, Any]) -> bool:
-    for part in _components(spec.get('normalizer')):
+    for part in components(spec.get('normalizer')):
         if part.get('type') == 'Prepend' and part.get('prepend') == '\u2581':
             return True
-    for part in _components(spec.get('pre_tokenizer')):
+    for part in components(spec.get('pre_tokenizer')):
         if part.get('type') == 'Metaspace':
             legacy = 'always' if part.get('add_prefix_space', True) else 'never'   # tokenizers < 0.14
             return part.get('prepend_scheme', legacy) != 'never'
@@ -291,8 +295,8 @@ def set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int, bos_token
             types[i] = NORMAL
 
     if kind == 'BPE' and not model.get('byte_fallback'):
-        decoders = [p.get('type') for p in _components(spec.get('decoder'))]
-        pres = [p.get('type') for p in _components(spec.get('pre_tokenizer'))]
+        decoders = [p.get('type') for p in components(spec.get('decoder'))]
+        pres = [p.get('type') for p in components(spec.get('pre_tokenizer'))]
         if 'ByteLevel' not in decoders and 'ByteLevel' not in pres:
             raise ValueError('unsupported tokenizer: BPE that is neither byte-level nor byte-fallback')
         gguf.set_field(K.TOKENIZER_MODEL, 'gpt2')

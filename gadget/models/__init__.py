@@ -1,8 +1,9 @@
 """Model architectures, one file each, registered by ``general.architecture`` (see ``registry``)."""
 
 from ..errors import ContextOverflowError
+from .bert import BertModel
 from .llama import LlamaModel
 from .registry import ARCHITECTURES, load_model, model_class_for, register, supported
 
-__all__ = ['LlamaModel', 'ContextOverflowError', 'ARCHITECTURES', 'load_model', 'model_class_for', 'register',
+__all__ = ['BertModel', 'LlamaModel', 'ContextOverflowError', 'ARCHITECTURES', 'load_model', 'model_class_for', 'register',
            'supported']

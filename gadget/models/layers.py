@@ -18,6 +18,16 @@ def rms_norm(ctx: Any, x: Any, weight: Any, eps: float, name: str) -> Any:
     return G.ggml_mul(ctx, G.ggml_rms_norm(ctx, x, eps), weight, name=name)
 
 
+def layer_norm(ctx: Any, x: Any, weight: Any, bias: Any, eps: float, name: str) -> Any:
+    """``weight * (x - mean(x)) / sqrt(var(x) + eps) + bias`` over each row of ``x`` (n_embd, n_tokens)."""
+    return G.ggml_add(ctx, G.ggml_mul(ctx, G.ggml_norm(ctx, x, eps), weight), bias, name=name)
+
+
+def linear(ctx: Any, x: Any, weight: Any, bias: Any, name: str) -> Any:
+    """``weight @ x + bias``: ``x`` (n_in, n_tokens), ``weight`` (n_in, n_out) in ggml order, ``bias`` (n_out,)."""
+    return G.ggml_add(ctx, G.ggml_mul_mat(ctx, weight, x), bias, name=name)
+
+
 def swiglu_feed_forward(ctx: Any, x: Any, *, up: Any, gate: Any, down: Any, name: str) -> Any:
     """``down @ (silu(gate @ x) * (up @ x))``: the Llama feed-forward block."""
     g = G.ggml_mul_mat(ctx, gate, x, name=f'{name}_gate')          # (n_ff, n_tokens)
@@ -97,7 +107,12 @@ def attention(ctx: Any, q: Any, keys: Any, *, values: Any = None, values_t: Any 
         q: (head_dim, n_head, n_tokens); keys: (head_dim, n_kv, n_head_kv).
         values: (head_dim, n_kv, n_head_kv), or values_t: (n_kv, head_dim, n_head_kv) (transposed,
             what the unfused product reads; made from ``values`` when not given).
-        mask: F16 (n_kv, n_tokens): 0 where a query may attend, -inf elsewhere.
+        mask: F16 or F32 (n_kv, n_tokens): 0 where a query may attend, -inf elsewhere.
+
+    Every argument may have a fourth dimension, ``n_seq``: independent sequences side by side
+    (q (head_dim, n_head, n_tokens, n_seq), keys (head_dim, n_kv, n_head_kv, n_seq), mask
+    (n_kv, n_tokens, 1, n_seq)), attending only within themselves; the result is then
+    (head_dim * n_head, n_tokens * n_seq).
         fused: GGML's flash attention (``ggml_flash_attn_ext``; needs ``values``); ``False``:
             matmul, softmax, matmul (llama.cpp's path without flash attention, with its numerics).
         scores: (unfused only) make the scaled, masked pre-softmax scores a node of their own,
@@ -108,7 +123,7 @@ def attention(ctx: Any, q: Any, keys: Any, *, values: Any = None, values_t: Any 
     """
     if fused and values is None:
         raise ValueError('flash attention reads plain values: a transposed V (values_t) needs fused=False')
-    head_dim, n_head, n_tokens = q.ne[0], q.ne[1], q.ne[2]
+    head_dim, n_head, n_tokens = q.ne[0], q.ne[1], q.ne[2] * q.ne[3]
     queries = G.ggml_permute(ctx, q, 0, 2, 1, 3)                    # (head_dim, n_tokens, n_head)
     if fused:
         out = G.ggml_flash_attn_ext(ctx, queries, keys, values, mask, scale, 0.0, 0.0, name=f'{name}_fa')
