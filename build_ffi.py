@@ -211,6 +211,7 @@ static const char *gadget_take_error(void);
 static int gadget_error_pending(void);
 static const char *gadget_api(void);
 extern "Python" void gadget_log_callback(enum ggml_log_level, const char *, void *);
+static void gadget_op_gelu_erf(struct ggml_tensor *, const struct ggml_tensor *, int, int, void *);
 '''
 
 
@@ -351,6 +352,8 @@ def _rename_params(params: list[c_ast.Node]) -> list[str]:
 
 
 CHECKS_HEADER = Path(__file__).resolve().parent / 'gadget' / 'csrc' / 'gadget_checks.h'
+# gadget's own CPU kernels (custom ops), compiled into the extension
+OPS_HEADER = CHECKS_HEADER.with_name('gadget_ops.h')
 
 
 def checked_ops(header: Path = CHECKS_HEADER) -> set[str]:
@@ -620,7 +623,8 @@ def make_ffibuilder(include_dir: Path, lib_dir: Path, modules: list[Path] = (),
     # binding's calls (and the headers' declarations) refer to the trampolines.
     renames = ''.join(f'#define {name} gadget_dl_{name}\n' for name in binding.modules)
     includes = ''.join(f'#include "{h}"\n' for h in headers)
-    source = (renames + includes + _C_HELPERS + f'#include "{CHECKS_HEADER.name}"\n' + binding.source
+    source = (renames + includes + _C_HELPERS + f'#include "{CHECKS_HEADER.name}"\n'
+              + f'#include "{OPS_HEADER.name}"\n' + binding.source
               + f'\nstatic const char *gadget_api(void) {{\n'
               f'    return {_c_string(api_table(binding))};\n}}\n')
     ffi.set_source(

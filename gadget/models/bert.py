@@ -27,6 +27,8 @@ from .registry import register
 
 __all__ = ['BertModel', 'POOLINGS']
 
+FUSED_MIN_LENGTH = 64
+
 #: Pooling names: per-token vectors, their mean, the first ([CLS]) or the last token's.
 POOLINGS = ('none', 'mean', 'cls', 'last')
 
@@ -105,7 +107,7 @@ class BertModel(GgmlModel):
 
     # per-call inputs: padded token ids, the padding mask, the pooling weights
     tokens: Input('I32', ('batch_size',))
-    mask: Input('F32', ('mask_size',))
+    mask: Input('F16', ('mask_size',))
     pool: Input('F32', ('pool_size',))
 
     # what the graph is built for
@@ -118,8 +120,13 @@ class BertModel(GgmlModel):
         n_len, n_seq, n_embd, head_dim = self.state['n_len'], self.state['n_seq'], p['n_embd'], p['head_dim']
         n_tokens = n_len * n_seq
         tokens = G.ggml_view_1d(ctx, T['tokens'], n_tokens, 0)
-        mask = G.ggml_view_4d(ctx, T['mask'], n_len, n_len, 1, n_seq, n_len * 4, n_len * n_len * 4,
-                              n_len * n_len * 4, 0, name='kq_mask')              # (n_len, n_len, 1, n_seq)
+        mask = G.ggml_view_4d(ctx, T['mask'], n_len, n_len, 1, n_seq, n_len * 2, n_len * n_len * 2,
+                              n_len * n_len * 2, 0, name='kq_mask')              # (n_len, n_len, 1, n_seq)
+        # exact GELU: gadget's vectorized kernel on the CPU, GGML's own elsewhere
+        gelu = G.gadget_gelu_erf if self.backend.kind == 'cpu' else G.ggml_gelu_erf
+        # GGML's flash attention runs its blocked kernel from FUSED_MIN_LENGTH queries per head on;
+        # shorter sequences go faster as two blocked matmuls and a softmax.
+        fused = n_len >= FUSED_MIN_LENGTH or self.backend.kind != 'cpu'
 
         x = G.ggml_get_rows(ctx, T['token_embd.weight'], tokens)                # (n_embd, n_tokens)
         positions = G.ggml_view_2d(ctx, T['position_embd.weight'], n_embd, n_len,
@@ -141,14 +148,14 @@ class BertModel(GgmlModel):
             k = heads(linear(ctx, x, w('attn_k.weight'), w('attn_k.bias'), name=f'k{il}'))
             v = heads(linear(ctx, x, w('attn_v.weight'), w('attn_v.bias'), name=f'v{il}'))
             keys = G.ggml_permute(ctx, k, 0, 2, 1, 3)                            # (head_dim, n_len, n_head, n_seq)
-            values_t = G.ggml_cont(ctx, G.ggml_permute(ctx, v, 1, 2, 0, 3))      # (n_len, head_dim, n_head, n_seq)
-            attn = attention(ctx, q, keys, values_t=values_t, mask=mask, scale=1.0 / math.sqrt(head_dim),
-                             name=f'attn{il}')                                   # (n_embd, n_tokens)
+            values = G.ggml_permute(ctx, v, 0, 2, 1, 3)                          # (head_dim, n_len, n_head, n_seq)
+            attn = attention(ctx, q, keys, values=values, mask=mask, scale=1.0 / math.sqrt(head_dim),
+                             name=f'attn{il}', fused=fused, contiguous=True)     # (n_embd, n_tokens)
             attn = linear(ctx, attn, w('attn_output.weight'), w('attn_output.bias'), name=f'attn_out{il}')
             x = layer_norm(ctx, G.ggml_add(ctx, x, attn), w('attn_output_norm.weight'),
                            w('attn_output_norm.bias'), p['norm_eps'], name=f'attn_norm{il}')
-            h = G.ggml_gelu_erf(ctx, linear(ctx, x, w('ffn_up.weight'), w('ffn_up.bias'), name=f'ffn_up{il}'),
-                                name=f'ffn_act{il}')                             # (n_ff, n_tokens)
+            h = gelu(ctx, linear(ctx, x, w('ffn_up.weight'), w('ffn_up.bias'), name=f'ffn_up{il}'),
+                     name=f'ffn_act{il}')                                        # (n_ff, n_tokens)
             h = linear(ctx, h, w('ffn_down.weight'), w('ffn_down.bias'), name=f'ffn_out{il}')
             x = layer_norm(ctx, G.ggml_add(ctx, x, h), w('layer_output_norm.weight'),
                            w('layer_output_norm.bias'), p['norm_eps'], name=f'l_out{il}')  # (n_embd, n_tokens)
@@ -225,7 +232,7 @@ class BertModel(GgmlModel):
         for j, s in enumerate(seqs):
             tokens[j, :s.size] = s
         real = np.arange(n_len)[None, :] < lengths[:, None]                      # (n_seq, n_len)
-        mask = np.where(real, np.float32(0), np.float32(-np.inf))                # padded keys masked
+        mask = np.where(real, np.float16(0), np.float16(-np.inf))                # padded keys masked
         self.write('tokens', tokens)
         self.write('mask', np.ascontiguousarray(np.broadcast_to(mask[:, None, :], (n_seq, n_len, n_len))))
         if pooling != 'none':
