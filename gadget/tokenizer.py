@@ -390,8 +390,11 @@ def _wordpiece(tokens: list[str], types: list[int], fields: Mapping[str, Any], w
     if not isinstance(unk_id, int) or not 0 <= unk_id < len(tokens):
         raise ValueError(f'{where}: a bert vocabulary needs {K.UNK_ID} (the id of [UNK]), got {unk_id!r}')
     lowercase = fields.get(K.LOWERCASE)
-    if lowercase is None:   # older files: an uncased vocabulary has no upper-case word pieces
-        lowercase = not any(c.isupper() for t, k in zip(tokens, types) if k != _CONTROL for c in t)
+    if lowercase is None:
+        # Files without the flag (older llama.cpp converters): an uncased vocabulary has next to no
+        # upper-case word pieces (a few symbols such as 'ℝ'), a cased one thousands.
+        upper = sum(any(c.isupper() for c in t) for t, k in zip(tokens, types) if k != _CONTROL)
+        lowercase = upper <= len(tokens) // 1000
     backend = Backend(models.WordPiece(vocab, unk_token=tokens[unk_id], continuing_subword_prefix='##',
                                        max_input_chars_per_word=100))
     backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,

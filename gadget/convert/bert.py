@@ -111,10 +111,12 @@ def _plan_tensors(source: TensorSource, hp: BertHparams, outtype: str) -> list[P
         if key in found:
             raise ValueError(f'two tensors of the checkpoint map to {name!r} (one is {hf_name!r})')
         shape = source.shape(hf_name)
-        # Embedding tables are read with get_rows, not multiplied: they stay F32 unless the
-        # matrices are 16-bit, as llama.cpp writes them.
+        # As llama.cpp writes them: the position and token-type tables (added to activations)
+        # stay F32; the token table (read by rows) is 16-bit where the matrices are quantized.
         gtype = weight_type(name, shape, outtype)
-        if name.startswith(('token_embd.', 'token_types.', 'position_embd.')) and is_quantized(gtype):
+        if name.startswith(('token_types.', 'position_embd.')):
+            gtype = OUTTYPES['F32'][0]
+        elif name.startswith('token_embd.') and is_quantized(gtype):
             gtype = OUTTYPES['F16'][0]
         found[key] = Planned(name, shape, gtype, lambda hf_name=hf_name: source.load(hf_name))
     if unknown:

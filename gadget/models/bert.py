@@ -84,8 +84,9 @@ class BertModel(GgmlModel):
 
     # weights, by their GGUF names; the matrices in weight_type (None: as stored)
     token_embd: Tensor(None, ('n_embd', None), name='token_embd.weight')
-    token_types: Tensor(None, ('n_embd', None), name='token_types.weight')
-    position_embd: Tensor(None, ('n_embd', 'n_ctx_train'), name='position_embd.weight')
+    # added to the F32 activations: F32, converted once when a file has them in another type
+    token_types: Tensor('F32', ('n_embd', None), name='token_types.weight')
+    position_embd: Tensor('F32', ('n_embd', 'n_ctx_train'), name='position_embd.weight')
     embd_norm: Tensor('F32', ('n_embd',), name='token_embd_norm.weight')
     embd_norm_b: Tensor('F32', ('n_embd',), name='token_embd_norm.bias')
     attn_q: Tensor('weight_type', ('n_embd', 'n_embd'), name='blk.{i}.attn_q.weight', repeat='n_layer')
@@ -114,6 +115,10 @@ class BertModel(GgmlModel):
     n_len: State(1)
     n_seq: State(1)
     pooling: State('mean')
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.params['n_vocab'] = int(self.tensors['token_embd.weight'].ne[1])
 
     def forward(self) -> Any:
         ctx, p, T = self.ctx_graph, self.params, self.tensors
@@ -169,14 +174,19 @@ class BertModel(GgmlModel):
 
     def batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
         """How :meth:`embed` groups sequences of these lengths: lists of indices, longest first, each
-        group padded to its longest member within ``batch_size`` tokens and ``max_sequences``."""
+        group padded to its longest member, within ``batch_size`` tokens and ``max_sequences``; a
+        sequence less than half as long as a group's first starts a new group (padding it would
+        cost more than a graph of its own)."""
         p = self.params
-        order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind='stable')
+        lengths = np.asarray(lengths, dtype=np.int64)
+        order = np.argsort(-lengths, kind='stable')
         groups: list[np.ndarray] = []
         start = 0
         while start < len(order):
             n_len = int(lengths[order[start]])
             count = max(1, min(p['max_sequences'], p['batch_size'] // n_len, len(order) - start))
+            short = np.flatnonzero(lengths[order[start:start + count]] * 2 < n_len)
+            count = int(short[0]) if short.size else count
             groups.append(order[start:start + count])
             start += count
         return groups
@@ -190,6 +200,7 @@ class BertModel(GgmlModel):
         ``pooling`` defaults to the file's (``default_pooling``). Sequences are grouped by
         :meth:`batches`, one graph each; ``progress(n)`` is called after each group of ``n``.
         """
+        self._check_open()
         pooling = self.params['default_pooling'] if pooling is None else pooling
         if pooling not in POOLINGS:
             raise ValueError(f'pooling must be one of {", ".join(POOLINGS)}, got {pooling!r}')
@@ -215,7 +226,7 @@ class BertModel(GgmlModel):
         if not 1 <= ids.size <= p['context_length']:
             raise ValueError(f"sequence {index} has {ids.size} tokens; allowed: 1 to context_length "
                              f"({p['context_length']})")
-        n_vocab = int(self.tensors['token_embd.weight'].ne[1])
+        n_vocab = p['n_vocab']
         if ids.min() < 0 or ids.max() >= n_vocab:
             bad = ids[(ids < 0) | (ids >= n_vocab)][0]
             raise ValueError(f'sequence {index}: token id {bad} is outside the vocabulary (0 to {n_vocab - 1})')
