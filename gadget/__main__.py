@@ -142,16 +142,51 @@ def _chat(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     import logging
 
-    from .convert import convert_llama
+    from .convert import convert
 
     logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
     try:
-        path = convert_llama(args.source, args.output, outtype=args.outtype, progress=not args.quiet,
-                             name=args.name)
+        path = convert(args.source, args.output, outtype=args.outtype, progress=not args.quiet, name=args.name)
     except (OSError, ValueError, ImportError) as exc:
         print(f'gadget convert: error: {exc}', file=sys.stderr)
         return 1
     print(f'wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)')
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from .embed import EmbedNumpy
+
+    texts = list(args.texts)
+    if args.file is not None:
+        stream = sys.stdin if args.file == '-' else open(args.file, encoding='utf-8')
+        with stream:
+            texts += [line.rstrip('\n') for line in stream]
+    elif not texts and not sys.stdin.isatty():
+        texts = [line.rstrip('\n') for line in sys.stdin]
+    if not texts:
+        raise ValueError('no texts: give them as arguments, with --file FILE (one per line), or on stdin')
+    kwargs = dict(model_id=args.tokenizer, pooling=args.pooling, normalize=not args.no_normalize,
+                  batch_size=args.batch_size, max_length=args.max_length, truncate=not args.no_truncate,
+                  weight_type=args.weight_type, backend=args.backend, n_threads=args.threads)
+    with EmbedNumpy(args.model, **kwargs) as embedder:
+        vectors = embedder.embed(texts, progress=len(texts) >= 100 and not args.quiet)
+    if args.pooling == 'none':
+        if args.output:
+            raise ValueError("--pooling none gives one array per text: write them as JSON lines (no --output)")
+        for text, v in zip(texts, vectors):
+            print(json.dumps({'text': text, 'tokens': v.tolist()}, ensure_ascii=False))
+        return 0
+    if args.output:
+        np.save(args.output, vectors)
+        print(f'wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[1]} float32', file=sys.stderr)
+        return 0
+    for text, v in zip(texts, vectors):
+        print(json.dumps({'text': text, 'embedding': v.tolist()}, ensure_ascii=False))
     return 0
 
 
@@ -174,7 +209,31 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument('--message', help='one message, then exit')
     _add_model_args(chat)
     chat.set_defaults(run=_user_errors('chat', _chat), max_gen=512)
-    convert = commands.add_parser('convert', help='Hugging Face Llama checkpoint -> GGUF')
+    embed = commands.add_parser(
+        'embed', help='embed texts with a BERT model (default all-MiniLM-L6-v2)',
+        description='Embed texts: one vector per text, as .npy (--output) or JSON lines on stdout.',
+        epilog='examples:\n  gadget embed "A cat sits on the mat." "Dogs run in the park."\n'
+               '  gadget embed --file sentences.txt -o vectors.npy\n  cat sentences.txt | gadget embed > vectors.jsonl',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    embed.add_argument('texts', nargs='*', help='texts to embed (or --file, or stdin)')
+    embed.add_argument('--file', '-f', help="a file with one text per line ('-': stdin)")
+    embed.add_argument('--output', '-o', help='write the vectors to this .npy file instead of JSON lines')
+    embed.add_argument('--model', '-m', help='GGUF file of a BERT model (default: all-MiniLM-L6-v2, F32)')
+    embed.add_argument('--tokenizer', help='folder with a tokenizer.json (and sentence_bert_config.json); '
+                       'default: from the GGUF')
+    embed.add_argument('--pooling', choices=['mean', 'cls', 'last', 'none'], default=None,
+                       help="default: the model's (mean for sentence-transformers models)")
+    embed.add_argument('--no-normalize', action='store_true', help='do not L2-normalise the vectors')
+    embed.add_argument('--max-length', type=_positive_int, default=None, help='tokens kept per text')
+    embed.add_argument('--no-truncate', action='store_true', help='refuse texts longer than --max-length')
+    embed.add_argument('--batch-size', type=_positive_int, default=None, help='tokens per batch (default 2048)')
+    embed.add_argument('--weight-type', type=str.upper, choices=['F32', 'F16', 'BF16', 'Q8_0'], default=None,
+                       help='convert the matrices when loading (BF16: fastest with AVX-512 BF16)')
+    embed.add_argument('--threads', type=_positive_int, default=None, help='CPU threads (default: all cores)')
+    embed.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
+    embed.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
+    embed.set_defaults(run=_user_errors('embed', _embed))
+    convert = commands.add_parser('convert', help='Hugging Face checkpoint (Llama, BERT) -> GGUF')
     convert.add_argument('source', help='folder with config.json, *.safetensors and the tokenizer')
     convert.add_argument('output', help='GGUF file to write')
     convert.add_argument('--outtype', default='F16', type=str.upper, choices=['F32', 'F16', 'BF16', 'Q8_0'],

@@ -3,9 +3,11 @@ post-norm encoder layers (bidirectional attention, GELU feed-forward), then pool
 
 Weights load by their GGUF (llama.cpp) names. Several texts run in one graph side by side: the
 batch is ``n_seq`` sequences padded to one length ``n_len`` (texts of similar length are batched
-together, so padding is small), laid out ``(n_embd, n_len, n_seq)``. Attention is computed per
-sequence (``(n_len, n_len)`` scores for each, never across texts), with the padded keys masked;
-the cost grows with each text's length squared, not with the batch's. Pooling is a product with a
+together, so padding is small), laid out ``(n_embd, n_len, n_seq)``. Attention runs on blocks of
+``group`` neighbouring sequences (``group * n_len`` >= 64 tokens, the size from which GGML's flash
+attention uses its tiled kernel; one sequence per block from 64 tokens on), masked so that no
+token attends to another text or to padding: the cost grows with each text's length, not with the
+batch's. Pooling is a product with a
 ``(n_len * n_seq, n_seq)`` weight matrix (mean, first or last real token of each sequence).
 Shapes in comments are in ggml order.
 """
@@ -27,7 +29,9 @@ from .registry import register
 
 __all__ = ['BertModel', 'POOLINGS']
 
-FUSED_MIN_LENGTH = 64
+#: Tokens per attention block from which GGML's CPU flash attention runs its tiled kernel
+#: (GGML_FA_TILE_Q); shorter sequences are grouped into blocks at least this long.
+ATTENTION_BLOCK = 64
 
 #: Pooling names: per-token vectors, their mean, the first ([CLS]) or the last token's.
 POOLINGS = ('none', 'mean', 'cls', 'last')
@@ -79,7 +83,7 @@ class BertModel(GgmlModel):
     max_batch: Parameter(1 << 16)
     max_sequences: Parameter(lambda p: min(p['batch_size'], 256), check=positive_int)
     weight_type: Parameter(None, check=_weight_type)
-    mask_size: Parameter(lambda p: p['batch_size'] * p['context_length'])
+    mask_size: Parameter(lambda p: p['batch_size'] * (p['context_length'] + ATTENTION_BLOCK))
     pool_size: Parameter(lambda p: p['batch_size'] * p['max_sequences'])
 
     # weights, by their GGUF names; the matrices in weight_type (None: as stored)
@@ -112,7 +116,7 @@ class BertModel(GgmlModel):
     pool: Input('F32', ('pool_size',))
 
     # what the graph is built for
-    n_len: State(1)
+    n_len: State(ATTENTION_BLOCK)      # (one block: the graph built at load)
     n_seq: State(1)
     pooling: State('mean')
 
@@ -125,13 +129,12 @@ class BertModel(GgmlModel):
         n_len, n_seq, n_embd, head_dim = self.state['n_len'], self.state['n_seq'], p['n_embd'], p['head_dim']
         n_tokens = n_len * n_seq
         tokens = G.ggml_view_1d(ctx, T['tokens'], n_tokens, 0)
-        mask = G.ggml_view_4d(ctx, T['mask'], n_len, n_len, 1, n_seq, n_len * 2, n_len * n_len * 2,
-                              n_len * n_len * 2, 0, name='kq_mask')              # (n_len, n_len, 1, n_seq)
+        group = self.group(n_len)
+        n_block, n_blocks = n_len * group, n_seq // group
+        mask = G.ggml_view_4d(ctx, T['mask'], n_block, n_block, 1, n_blocks, n_block * 2, n_block * n_block * 2,
+                              n_block * n_block * 2, 0, name='kq_mask')          # (n_block, n_block, 1, n_blocks)
         # exact GELU: gadget's vectorized kernel on the CPU, GGML's own elsewhere
         gelu = G.gadget_gelu_erf if self.backend.kind == 'cpu' else G.ggml_gelu_erf
-        # GGML's flash attention runs its blocked kernel from FUSED_MIN_LENGTH queries per head on;
-        # shorter sequences go faster as two blocked matmuls and a softmax.
-        fused = n_len >= FUSED_MIN_LENGTH or self.backend.kind != 'cpu'
 
         x = G.ggml_get_rows(ctx, T['token_embd.weight'], tokens)                # (n_embd, n_tokens)
         positions = G.ggml_view_2d(ctx, T['position_embd.weight'], n_embd, n_len,
@@ -142,8 +145,8 @@ class BertModel(GgmlModel):
         x = layer_norm(ctx, G.ggml_reshape_2d(ctx, x, n_embd, n_tokens), T['token_embd_norm.weight'],
                        T['token_embd_norm.bias'], p['norm_eps'], name='inp_norm')
 
-        def heads(t: Any) -> Any:                      # (n_embd, n_tokens) -> (head_dim, n_head, n_len, n_seq)
-            return G.ggml_reshape_4d(ctx, t, head_dim, p['n_head'], n_len, n_seq)
+        def heads(t: Any) -> Any:                # (n_embd, n_tokens) -> (head_dim, n_head, n_block, n_blocks)
+            return G.ggml_reshape_4d(ctx, t, head_dim, p['n_head'], n_block, n_blocks)
 
         for il in range(p['n_layer']):
             def w(name: str, il: int = il) -> Any:                 # this layer's weight by GGUF name
@@ -152,10 +155,10 @@ class BertModel(GgmlModel):
             q = heads(linear(ctx, x, w('attn_q.weight'), w('attn_q.bias'), name=f'q{il}'))
             k = heads(linear(ctx, x, w('attn_k.weight'), w('attn_k.bias'), name=f'k{il}'))
             v = heads(linear(ctx, x, w('attn_v.weight'), w('attn_v.bias'), name=f'v{il}'))
-            keys = G.ggml_permute(ctx, k, 0, 2, 1, 3)                            # (head_dim, n_len, n_head, n_seq)
-            values = G.ggml_permute(ctx, v, 0, 2, 1, 3)                          # (head_dim, n_len, n_head, n_seq)
+            keys = G.ggml_permute(ctx, k, 0, 2, 1, 3)                    # (head_dim, n_block, n_head, n_blocks)
+            values = G.ggml_permute(ctx, v, 0, 2, 1, 3)                  # (head_dim, n_block, n_head, n_blocks)
             attn = attention(ctx, q, keys, values=values, mask=mask, scale=1.0 / math.sqrt(head_dim),
-                             name=f'attn{il}', fused=fused, contiguous=True)     # (n_embd, n_tokens)
+                             name=f'attn{il}', fused=True)                       # (n_embd, n_tokens)
             attn = linear(ctx, attn, w('attn_output.weight'), w('attn_output.bias'), name=f'attn_out{il}')
             x = layer_norm(ctx, G.ggml_add(ctx, x, attn), w('attn_output_norm.weight'),
                            w('attn_output_norm.bias'), p['norm_eps'], name=f'attn_norm{il}')
@@ -172,6 +175,11 @@ class BertModel(GgmlModel):
 
     # --- running it -------------------------------------------------------------------------------
 
+    def group(self, n_len: int) -> int:
+        """How many sequences of ``n_len`` tokens share an attention block (see the module docstring)."""
+        p = self.params
+        return max(1, min(-(-ATTENTION_BLOCK // n_len), p['batch_size'] // n_len, p['max_sequences']))
+
     def batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
         """How :meth:`embed` groups sequences of these lengths: lists of indices, longest first, each
         group padded to its longest member, within ``batch_size`` tokens and ``max_sequences``; a
@@ -184,7 +192,9 @@ class BertModel(GgmlModel):
         start = 0
         while start < len(order):
             n_len = int(lengths[order[start]])
-            count = max(1, min(p['max_sequences'], p['batch_size'] // n_len, len(order) - start))
+            group = self.group(n_len)
+            most = min(p['max_sequences'], p['batch_size'] // n_len) // group * group   # whole blocks
+            count = max(1, min(most, len(order) - start))
             short = np.flatnonzero(lengths[order[start:start + count]] * 2 < n_len)
             count = int(short[0]) if short.size else count
             groups.append(order[start:start + count])
@@ -233,8 +243,11 @@ class BertModel(GgmlModel):
         return ids.astype(np.int32)
 
     def _run(self, seqs: list[np.ndarray], pooling: str) -> list[np.ndarray]:
-        n_len, n_seq = max(s.size for s in seqs), len(seqs)
-        lengths = np.array([s.size for s in seqs])
+        n_len, n_real = max(s.size for s in seqs), len(seqs)
+        group = self.group(n_len)
+        n_seq = -(-n_real // group) * group
+        # whole attention blocks: sequences of one padding token fill the last one (never all-masked)
+        lengths = np.array([s.size for s in seqs] + [1] * (n_seq - n_real))
         for key, value in (('n_len', n_len), ('n_seq', n_seq), ('pooling', pooling)):
             if self.state[key] != value:
                 self.state[key] = value
@@ -243,9 +256,12 @@ class BertModel(GgmlModel):
         for j, s in enumerate(seqs):
             tokens[j, :s.size] = s
         real = np.arange(n_len)[None, :] < lengths[:, None]                      # (n_seq, n_len)
-        mask = np.where(real, np.float16(0), np.float16(-np.inf))                # padded keys masked
+        # per block: a query sees the real keys of its own sequence only
+        n_block = n_len * group
+        owner = np.arange(n_block) // n_len
+        allowed = (owner[:, None] == owner[None, :])[None] & real.reshape(-1, 1, n_block)  # (n_blocks, q, k)
         self.write('tokens', tokens)
-        self.write('mask', np.ascontiguousarray(np.broadcast_to(mask[:, None, :], (n_seq, n_len, n_len))))
+        self.write('mask', np.where(allowed, np.float16(0), np.float16(-np.inf)))
         if pooling != 'none':
             pool = np.zeros((n_seq, n_seq, n_len), dtype=np.float32)              # numpy order of (n_tokens, n_seq)
             rows = np.arange(n_seq)
@@ -256,6 +272,6 @@ class BertModel(GgmlModel):
             self.write('pool', pool)
         self.run()
         if pooling != 'none':
-            return list(self.read(np.empty((n_seq, self.params['n_embd']), dtype=np.float32)))
+            return list(self.read(np.empty((n_seq, self.params['n_embd']), dtype=np.float32))[:n_real])
         states = self.read(np.empty((n_seq, n_len, self.params['n_embd']), dtype=np.float32))
-        return [states[j, :n] for j, n in enumerate(lengths)]
+        return [states[j, :n] for j, n in enumerate(lengths[:n_real])]

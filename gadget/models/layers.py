@@ -99,7 +99,7 @@ def kv_cache_write(ctx: Any, k: Any, v: Any, *, cache_k: Any, cache_v: Any, rows
 
 
 def attention(ctx: Any, q: Any, keys: Any, *, values: Any = None, values_t: Any = None, mask: Any,
-              scale: float, name: str, fused: bool = False, scores: bool = False, contiguous: bool = False) -> Any:
+              scale: float, name: str, fused: bool = False, scores: bool = False) -> Any:
     """Scaled dot-product attention of queries over keys and values (a cache's views, or a
     non-causal model's own keys and values), with grouped-query heads broadcast.
 
@@ -118,9 +118,6 @@ def attention(ctx: Any, q: Any, keys: Any, *, values: Any = None, values_t: Any 
         scores: (unfused only) make the scaled, masked pre-softmax scores a node of their own,
             ``{name}_scores`` ((n_kv, n_tokens, n_head)), instead of folding scale and mask into
             the softmax.
-        contiguous: (unfused only) copy queries and keys into contiguous per-head blocks first, so
-            the two products run GGML's blocked matmul kernel on each head: faster for many short
-            sequences, where the strided kernel spends its time on small, scattered products.
 
     Returns (head_dim * n_head, n_tokens).
     """
@@ -135,8 +132,6 @@ def attention(ctx: Any, q: Any, keys: Any, *, values: Any = None, values_t: Any 
         return G.ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens)
     if values_t is None:
         values_t = G.ggml_cont(ctx, G.ggml_transpose(ctx, values))          # (n_kv, head_dim, n_head_kv)
-    if contiguous:
-        queries, keys = G.ggml_cont(ctx, queries), G.ggml_cont(ctx, keys)
     kq = G.ggml_mul_mat(ctx, keys, queries, name=f'{name}_kq')               # (n_kv, n_tokens, n_head)
     if scores:
         masked = G.ggml_add(ctx, G.ggml_scale(ctx, kq, scale), G.ggml_cast(ctx, mask, G.GGML_TYPE_F32),
