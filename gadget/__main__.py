@@ -146,7 +146,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
     try:
-        path = convert(args.source, args.output, outtype=args.outtype, progress=not args.quiet, name=args.name)
+        path = convert(args.source, args.output, outtype=args.outtype, progress=not args.quiet,
+                       name=args.name)
     except (OSError, ValueError, ImportError) as exc:
         print(f'gadget convert: error: {exc}', file=sys.stderr)
         return 1
@@ -177,13 +178,15 @@ def _embed(args: argparse.Namespace) -> int:
         vectors = embedder.embed(texts, progress=len(texts) >= 100 and not args.quiet)
     if args.pooling == 'none':
         if args.output:
-            raise ValueError("--pooling none gives one array per text: write them as JSON lines (no --output)")
+            raise ValueError('--pooling none gives one array per text: write them as JSON lines '
+                             '(no --output)')
         for text, v in zip(texts, vectors):
             print(json.dumps({'text': text, 'tokens': v.tolist()}, ensure_ascii=False))
         return 0
     if args.output:
         np.save(args.output, vectors)
-        print(f'wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[1]} float32', file=sys.stderr)
+        print(f'wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[1]} float32',
+              file=sys.stderr)
         return 0
     for text, v in zip(texts, vectors):
         print(json.dumps({'text': text, 'embedding': v.tolist()}, ensure_ascii=False))
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         'embed', help='embed texts with a BERT model (default all-MiniLM-L6-v2)',
         description='Embed texts: one vector per text, as .npy (--output) or JSON lines on stdout.',
         epilog='examples:\n  gadget embed "A cat sits on the mat." "Dogs run in the park."\n'
-               '  gadget embed --file sentences.txt -o vectors.npy\n  cat sentences.txt | gadget embed > vectors.jsonl',
+               '  gadget embed --file sentences.txt -o vectors.npy\n'
+               '  cat sentences.txt | gadget embed > vectors.jsonl',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     embed.add_argument('texts', nargs='*', help='texts to embed (or --file, or stdin)')
     embed.add_argument('--file', '-f', help="a file with one text per line ('-': stdin)")
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument('--no-normalize', action='store_true', help='do not L2-normalise the vectors')
     embed.add_argument('--max-length', type=_positive_int, default=None, help='tokens kept per text')
     embed.add_argument('--no-truncate', action='store_true', help='refuse texts longer than --max-length')
-    embed.add_argument('--batch-size', type=_positive_int, default=None, help='tokens per batch (default 2048)')
+    embed.add_argument('--batch-size', type=_positive_int, default=None,
+                       help='tokens per batch (default 2048)')
     embed.add_argument('--weight-type', type=str.upper, choices=['F32', 'F16', 'BF16', 'Q8_0'], default=None,
                        help='convert the matrices when loading (BF16: fastest with AVX-512 BF16)')
     embed.add_argument('--threads', type=_positive_int, default=None, help='CPU threads (default: all cores)')

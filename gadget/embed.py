@@ -105,7 +105,8 @@ class EmbedNumpy:
                  max_length: int | None = None, truncate: bool = True, model_class: type | None = None,
                  **kwargs: Any):
         if pooling is not None and pooling not in POOLINGS:
-            raise ValueError(f'pooling must be one of {", ".join(POOLINGS)} (or None: the file\'s), got {pooling!r}')
+            raise ValueError(f'pooling must be one of {", ".join(POOLINGS)} (or None: the file\'s), '
+                             f'got {pooling!r}')
         if not isinstance(normalize, bool) or not isinstance(truncate, bool):
             raise TypeError('normalize and truncate must be True or False')
         if gguf_or_path is None:
@@ -116,9 +117,9 @@ class EmbedNumpy:
         try:
             cls = model_class or model_class_for(gguf)
             if not callable(getattr(cls, 'embed', None)):
-                raise ModelFileError(f'{gguf.path or "the GGUF file"} is a {gguf.get_field(K.ARCHITECTURE)!r} '
-                                     f'model ({cls.__name__}), not an embedding model; {type(self).__name__} '
-                                     'runs: bert')
+                where, arch = gguf.path or 'the GGUF file', gguf.get_field(K.ARCHITECTURE)
+                raise ModelFileError(f'{where} is a {arch!r} model ({cls.__name__}), not an embedding model; '
+                                     f'{type(self).__name__} runs: bert')
             self.model = cls.from_gguf(gguf, close_gguf=gguf is not gguf_or_path, backend=backend,
                                        n_threads=n_threads, weight_type=weight_type, **kwargs)
         except BaseException:
@@ -128,7 +129,8 @@ class EmbedNumpy:
         try:
             p = self.model.params
             path = gguf_or_path.path if isinstance(gguf_or_path, GgufFile) else Path(gguf_or_path)
-            self.tokenizer = load_tokenizer(path if model_id is None else None, model_id, gguf=self.model.gguf)
+            self.tokenizer = load_tokenizer(path if model_id is None else None, model_id,
+                                            gguf=self.model.gguf)
             n_vocab = int(p['n_vocab'])
             if self.tokenizer.vocab_size > n_vocab:
                 raise ModelFileError(f'the tokenizer has {self.tokenizer.vocab_size} tokens but the model\'s '
@@ -139,11 +141,13 @@ class EmbedNumpy:
                 max_length = min(int(_folder_max_length(model_id) or self.model.gguf.get_field(
                     K.MAX_SEQUENCE_LENGTH, None) or context), context)
                 if max_length > batch:
-                    raise ValueError(f'batch_size ({batch}) is smaller than the model\'s max_length ({max_length}): '
-                                     f'pass batch_size >= {max_length}, or a smaller max_length')
-            elif isinstance(max_length, bool) or not isinstance(max_length, int) or not 2 <= max_length <= longest:
-                raise ValueError(f'max_length must be an integer from 2 to {longest} (context_length {context}, '
-                                 f'batch_size {batch}), got {max_length!r}')
+                    raise ValueError(f'batch_size ({batch}) is smaller than the model\'s max_length '
+                                     f'({max_length}): pass batch_size >= {max_length} or a smaller '
+                                     'max_length')
+            elif (isinstance(max_length, bool) or not isinstance(max_length, int)
+                  or not 2 <= max_length <= longest):
+                raise ValueError(f'max_length must be an integer from 2 to {longest} (context_length '
+                                 f'{context}, batch_size {batch}), got {max_length!r}')
             self.max_length = int(max_length)
             self.pooling = pooling or p['default_pooling']
             self.normalize = normalize

@@ -33,7 +33,8 @@ TEXTS = [
     'UPPER CASE SHOUTING', 'MiXeD cAsE wOrDs', 'numbers 1234567890 3.14159 1e-9 -42',
     'def f(x): return x ** 2  # code', '<html><body>tags</body></html>', 'email@example.com https://x.org/a?b=c',
     'supercalifragilisticexpialidocious' * 4, 'x' * 150, 'tab\tseparated\tvalues', 'line\nbreaks\nhere',
-    '!!!???...;;;', '"quoted" \'single\' `back`', 'hyphen-ated and under_scored words', '  leading and trailing  ',
+    '!!!???...;;;', '"quoted" \'single\' `back`', 'hyphen-ated and under_scored words',
+    '  leading and trailing  ',
     'Ελληνικά γράμματα', 'עברית', 'हिन्दी वाक्य', '한국어 문장', 'ภาษาไทย', 'Ça va? Où êtes-vous?',
     'straße groß Fuß', 'control\x07chars\x00here', 'zero\u200bwidth space', 'combining e\u0301 accent',
 ]
@@ -171,7 +172,8 @@ def test_a_file_without_gadgets_keys_takes_max_length_from_the_folder(f32_gguf, 
         copy = GgufFile()
         for key, value in g.fields.items():
             if key not in (K.MAX_SEQUENCE_LENGTH, K.LOWERCASE) and not key.startswith('GGUF.'):
-                copy.set_field(key, value, type=g.get_field_type(key), element_type=g.get_field_element_type(key))
+                copy.set_field(key, value, type=g.get_field_type(key),
+                               element_type=g.get_field_element_type(key))
         for name in g.tensors:
             copy.tensors[name] = g.tensors[name]
         copy.save(stripped)
@@ -196,7 +198,8 @@ def _tiny_bert(folder, seed=0, **config):
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1', special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
+        single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1',
+        special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
     from tokenizers import AddedToken
     tokenizer.add_special_tokens([AddedToken(t, special=True) for t in _VOCAB[:5]])
     folder.mkdir(parents=True, exist_ok=True)
@@ -313,7 +316,8 @@ def test_gguf_loads_in_llama_cpp_python_with_the_same_vectors(f32_gguf, embed):
     # llama.cpp's WordPiece differs from transformers' (and so gadget's) in places: no limit on the
     # characters of a word (WordPiece's is 100: longer words are [UNK]), and other handling of
     # combining marks in non-Latin scripts. The texts compared avoid both.
-    texts = [t for t in TEXTS if len(embed.tokenizer.encode(t)) <= 256 and max(map(len, t.split()), default=0) <= 100
+    texts = [t for t in TEXTS if len(embed.tokenizer.encode(t)) <= 256
+             and max(map(len, t.split()), default=0) <= 100
              and all(ord(c) < 0x250 for c in t)]
     assert len(texts) >= 30
     llm = Llama(model_path=str(f32_gguf), embedding=True, n_threads=2, n_ctx=512, n_batch=512, n_ubatch=512,

@@ -286,6 +286,31 @@ def test_unary(op: Unary, dtype, data):
     check(got, ref, tol_for(op.tol, dtype), scale=x.astype(np.float64))
 
 
+# gadget's own exact GELU (gadget/csrc/gadget_ops.h): erf from Abramowitz & Stegun 7.1.26
+# (|error| <= 1.5e-7, absolute) and a polynomial exp, in float32. The erf error, times 0.5 |x|, is
+# below EPS32 |x|; 1e-6 relative covers the float32 roundings of the formula.
+GADGET_GELU = Tol(rtol=1e-6, xtol=EPS32)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_gadget_gelu_erf(data):
+    x = data.draw(arrays(-12, 12))
+    with Graph(n_threads=data.draw(THREADS)) as g:
+        out = G.gadget_gelu_erf(g.ctx, g.input(x))
+        check_node(out, x.shape, F32)
+        got = g.compute(out, ndim=x.ndim)
+    check(got, gelu_erf(x.astype(np.float64)), GADGET_GELU, scale=np.abs(x).astype(np.float64))
+
+
+def test_gadget_gelu_erf_refuses_what_its_kernel_cannot_read():
+    with Graph() as g:
+        with pytest.raises(G.GgmlOpError, match='contiguous F32'):
+            G.gadget_gelu_erf(g.ctx, g.input(np.zeros((4, 8), np.float16)))
+        with pytest.raises(G.GgmlOpError, match='not contiguous'):
+            G.gadget_gelu_erf(g.ctx, G.ggml_transpose(g.ctx, g.input(np.zeros((4, 8), np.float32))))
+
+
 @DTYPES
 @SETTINGS
 @given(data=st.data(), slope=f32_param(-1, 2))

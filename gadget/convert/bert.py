@@ -9,7 +9,8 @@ tensor names (``token_embd.weight``, ``position_embd.weight``, ``token_types.wei
 ...) and metadata (``bert.*`` with ``bert.attention.causal = false`` and ``bert.pooling_type``).
 
 The WordPiece vocabulary is written as llama.cpp writes it: a token that starts a word gets a
-``▁`` prefix, a continuation (``##ing``) loses its ``##``, special tokens stay as they are; ``tokenizer.ggml.model = 'bert'``. Only the ``tokenizers`` library is needed (no
+``▁`` prefix, a continuation (``##ing``) loses its ``##``, special tokens stay as they are;
+``tokenizer.ggml.model = 'bert'``. Only the ``tokenizers`` library is needed (no
 transformers): the converter runs with gadget's own dependencies, which is how the default
 embedding model is prepared offline. Tensors are streamed, as for Llama (``core.save_streamed``).
 """
@@ -124,7 +125,8 @@ def _plan_tensors(source: TensorSource, hp: BertHparams, outtype: str) -> list[P
                          f'{", ".join(unknown[:8])}{", ..." if len(unknown) > 8 else ""}')
     names = {p.name for p in found.values()}
     required = list(_EMBEDDING_NAMES.values()) + [
-        f'blk.{i}.{n}.{s}' for i in range(hp.n_layer) for n in _LAYER_NAMES.values() for s in ('weight', 'bias')]
+        f'blk.{i}.{n}.{s}' for i in range(hp.n_layer) for n in _LAYER_NAMES.values()
+        for s in ('weight', 'bias')]
     missing = [n for n in required if n not in names]
     if missing:
         raise ValueError(f'the checkpoint lacks {len(missing)} tensors BERT needs: '
@@ -153,7 +155,8 @@ def _set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int) -> None:
     spec = json.loads(tokenizer.to_str())
     model = spec.get('model', {})
     if model.get('type') != 'WordPiece':
-        raise ValueError(f"convert_bert writes WordPiece vocabularies; this tokenizer is {model.get('type')!r}")
+        raise ValueError(f"convert_bert writes WordPiece vocabularies; this tokenizer is "
+                         f"{model.get('type')!r}")
     if model.get('continuing_subword_prefix', '##') != '##':
         raise ValueError("the WordPiece continuation prefix must be '##' (llama.cpp's BERT vocabulary)")
     vocab: dict[str, int] = tokenizer.get_vocab(with_added_tokens=True)
@@ -167,7 +170,8 @@ def _set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int) -> None:
     for text, i in vocab.items():
         types[i] = CONTROL if text in special else NORMAL
     normalizer = spec.get('normalizer') or {}
-    lowercase = [part.get('lowercase') for part in components(normalizer) if part.get('type') == 'BertNormalizer']
+    lowercase = [part.get('lowercase') for part in components(normalizer)
+                 if part.get('type') == 'BertNormalizer']
     gguf.set_field(K.TOKENIZER_MODEL, 'bert')
     gguf.set_field(K.TOKENIZER_PRE, 'default')
     gguf.set_field(K.TOKENS, tokens, type='ARRAY', element_type='STRING')
@@ -191,9 +195,11 @@ def _sentence_transformers_fields(gguf: GgufFile, folder: Path | None) -> None:
     if modules_file is not None and modules_file.is_file():
         for module in json.loads(modules_file.read_text(encoding='utf-8')):
             if str(module.get('type', '')).endswith('.Pooling'):
-                config = json.loads((folder / module.get('path', '') / 'config.json').read_text(encoding='utf-8'))
+                config_file = folder / module.get('path', '') / 'config.json'
+                config = json.loads(config_file.read_text(encoding='utf-8'))
                 modes = [mode for mode in _POOLING_MODES if config.get(mode)]
-                others = [k for k, v in config.items() if k.startswith('pooling_mode') and v and k not in modes]
+                others = [k for k, v in config.items()
+                          if k.startswith('pooling_mode') and v and k not in modes]
                 if others or len(modes) != 1:
                     raise ValueError(f'{folder}: the pooling {others or modes} is not one llama.cpp has '
                                      '(mean, CLS or last token, one of them)')
@@ -256,8 +262,8 @@ def convert_bert(source: str | os.PathLike | Any, out_path: str | os.PathLike, o
         if isinstance(source, (str, os.PathLike)):
             folder = Path(source)
             if not folder.is_dir():
-                raise FileNotFoundError(f'{folder}: not a folder; pass a BERT checkpoint folder (config.json, '
-                                        '*.safetensors, tokenizer.json) or a model object')
+                raise FileNotFoundError(f'{folder}: not a folder; pass a BERT checkpoint folder '
+                                        '(config.json, *.safetensors, tokenizer.json) or a model object')
             if not (folder / 'config.json').is_file():
                 raise FileNotFoundError(f'{folder}: no config.json')
             hp = bert_hparams(json.loads((folder / 'config.json').read_text(encoding='utf-8')))
@@ -268,7 +274,8 @@ def convert_bert(source: str | os.PathLike | Any, out_path: str | os.PathLike, o
             name_or_path = getattr(source.config, 'name_or_path', '') or ''
             folder = Path(name_or_path) if name_or_path and Path(name_or_path).is_dir() else None
         else:
-            raise TypeError(f'source must be a folder path or a transformers model, got {type(source).__name__}')
+            raise TypeError('source must be a folder path or a transformers model, '
+                            f'got {type(source).__name__}')
         if tokenizer is None:
             if folder is None:
                 raise ValueError('a model object carries no tokenizer: pass tokenizer= to convert_bert')
@@ -280,7 +287,8 @@ def convert_bert(source: str | os.PathLike | Any, out_path: str | os.PathLike, o
         if embd.shape[1] != hp.n_embd:
             raise ValueError(f'token_embd has {embd.shape[1]} columns but hidden_size is {hp.n_embd}')
         gguf = GgufFile()
-        _set_model_fields(gguf, hp, name or (folder.resolve().name if folder is not None else 'bert'), outtype)
+        default_name = folder.resolve().name if folder is not None else 'bert'
+        _set_model_fields(gguf, hp, name or default_name, outtype)
         _sentence_transformers_fields(gguf, folder)
         _set_tokenizer_fields(gguf, tokenizer, embd.shape[0])
         save_streamed(gguf, plan, out_path, progress)

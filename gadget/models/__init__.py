@@ -5,5 +5,6 @@ from .bert import BertModel
 from .llama import LlamaModel
 from .registry import ARCHITECTURES, load_model, model_class_for, register, supported
 
-__all__ = ['BertModel', 'LlamaModel', 'ContextOverflowError', 'ARCHITECTURES', 'load_model', 'model_class_for', 'register',
+__all__ = ['BertModel', 'LlamaModel', 'ContextOverflowError', 'ARCHITECTURES', 'load_model',
+           'model_class_for', 'register',
            'supported']

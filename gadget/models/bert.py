@@ -131,8 +131,9 @@ class BertModel(GgmlModel):
         tokens = G.ggml_view_1d(ctx, T['tokens'], n_tokens, 0)
         group = self.group(n_len)
         n_block, n_blocks = n_len * group, n_seq // group
-        mask = G.ggml_view_4d(ctx, T['mask'], n_block, n_block, 1, n_blocks, n_block * 2, n_block * n_block * 2,
-                              n_block * n_block * 2, 0, name='kq_mask')          # (n_block, n_block, 1, n_blocks)
+        block_bytes = n_block * n_block * 2
+        mask = G.ggml_view_4d(ctx, T['mask'], n_block, n_block, 1, n_blocks, n_block * 2, block_bytes,
+                              block_bytes, 0, name='kq_mask')              # (n_block, n_block, 1, n_blocks)
         # exact GELU: gadget's vectorized kernel on the CPU, GGML's own elsewhere
         gelu = G.gadget_gelu_erf if self.backend.kind == 'cpu' else G.ggml_gelu_erf
 
@@ -155,8 +156,8 @@ class BertModel(GgmlModel):
             q = heads(linear(ctx, x, w('attn_q.weight'), w('attn_q.bias'), name=f'q{il}'))
             k = heads(linear(ctx, x, w('attn_k.weight'), w('attn_k.bias'), name=f'k{il}'))
             v = heads(linear(ctx, x, w('attn_v.weight'), w('attn_v.bias'), name=f'v{il}'))
-            keys = G.ggml_permute(ctx, k, 0, 2, 1, 3)                    # (head_dim, n_block, n_head, n_blocks)
-            values = G.ggml_permute(ctx, v, 0, 2, 1, 3)                  # (head_dim, n_block, n_head, n_blocks)
+            keys = G.ggml_permute(ctx, k, 0, 2, 1, 3)                  # (head_dim, n_block, n_head, n_blocks)
+            values = G.ggml_permute(ctx, v, 0, 2, 1, 3)                # (head_dim, n_block, n_head, n_blocks)
             attn = attention(ctx, q, keys, values=values, mask=mask, scale=1.0 / math.sqrt(head_dim),
                              name=f'attn{il}', fused=True)                       # (n_embd, n_tokens)
             attn = linear(ctx, attn, w('attn_output.weight'), w('attn_output.bias'), name=f'attn_out{il}')
@@ -166,7 +167,7 @@ class BertModel(GgmlModel):
                      name=f'ffn_act{il}')                                        # (n_ff, n_tokens)
             h = linear(ctx, h, w('ffn_down.weight'), w('ffn_down.bias'), name=f'ffn_out{il}')
             x = layer_norm(ctx, G.ggml_add(ctx, x, h), w('layer_output_norm.weight'),
-                           w('layer_output_norm.bias'), p['norm_eps'], name=f'l_out{il}')  # (n_embd, n_tokens)
+                           w('layer_output_norm.bias'), p['norm_eps'], name=f'l_out{il}')  # (n_embd, n_tok)
         if self.state['pooling'] == 'none':
             return x
         pool = G.ggml_view_2d(ctx, T['pool'], n_tokens, n_seq, n_tokens * 4, 0)    # (n_tokens, n_seq)
@@ -239,7 +240,8 @@ class BertModel(GgmlModel):
         n_vocab = p['n_vocab']
         if ids.min() < 0 or ids.max() >= n_vocab:
             bad = ids[(ids < 0) | (ids >= n_vocab)][0]
-            raise ValueError(f'sequence {index}: token id {bad} is outside the vocabulary (0 to {n_vocab - 1})')
+            raise ValueError(f'sequence {index}: token id {bad} is outside the vocabulary '
+                             f'(0 to {n_vocab - 1})')
         return ids.astype(np.int32)
 
     def _run(self, seqs: list[np.ndarray], pooling: str) -> list[np.ndarray]:
@@ -263,7 +265,7 @@ class BertModel(GgmlModel):
         self.write('tokens', tokens)
         self.write('mask', np.where(allowed, np.float16(0), np.float16(-np.inf)))
         if pooling != 'none':
-            pool = np.zeros((n_seq, n_seq, n_len), dtype=np.float32)              # numpy order of (n_tokens, n_seq)
+            pool = np.zeros((n_seq, n_seq, n_len), dtype=np.float32)    # numpy order of (n_tokens, n_seq)
             rows = np.arange(n_seq)
             if pooling == 'mean':
                 pool[rows, rows] = real / lengths[:, None]

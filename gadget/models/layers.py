@@ -24,7 +24,8 @@ def layer_norm(ctx: Any, x: Any, weight: Any, bias: Any, eps: float, name: str) 
 
 
 def linear(ctx: Any, x: Any, weight: Any, bias: Any, name: str) -> Any:
-    """``weight @ x + bias``: ``x`` (n_in, n_tokens), ``weight`` (n_in, n_out) in ggml order, ``bias`` (n_out,)."""
+    """``weight @ x + bias``: ``x`` (n_in, n_tokens), ``weight`` (n_in, n_out), ``bias`` (n_out,) in
+    ggml order."""
     return G.ggml_add(ctx, G.ggml_mul_mat(ctx, weight, x), bias, name=name)
 
 
