@@ -29,7 +29,7 @@ from .errors import ContextOverflowError, ModelFileError
 from .gguf import GgufFile
 from .gguf import keys as K
 from .models import model_class_for
-from .models.bert import POOLINGS
+from .models.encoder import POOLINGS
 from .tokenizer import cache_dir, load_tokenizer
 
 __all__ = ['EmbedNumpy', 'EmbedTorch', 'default_embedding_model_path', 'DEFAULT_EMBEDDING_MODEL']

@@ -47,7 +47,7 @@ from .gguf import keys as K
 from .types import TypeLike, as_ggml_type
 
 __all__ = ['GgmlModel', 'Parameter', 'Tensor', 'Input', 'Buffer', 'State', 'ROLES', 'positive_int',
-           'positive_float', 'one_of', 'divides', 'even_at_most', 'ggml_type_in']
+           'positive_float', 'one_of', 'divides', 'even_at_most', 'at_most', 'ggml_type_in']
 
 log = logging.getLogger('gadget.model')
 
@@ -110,6 +110,14 @@ def even_at_most(other: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
     def check(value: Any, params: Mapping[str, Any]) -> str | None:
         ok = positive_int(value) is None and value % 2 == 0 and value <= params[other]
         return None if ok else f'an even positive integer at most {other} ({params[other]})'
+    return check
+
+
+def at_most(other: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
+    """A check: a positive integer no larger than parameter ``other``."""
+    def check(value: Any, params: Mapping[str, Any]) -> str | None:
+        ok = positive_int(value) is None and value <= params[other]
+        return None if ok else f'a positive integer at most {other} ({params[other]})'
     return check
 
 

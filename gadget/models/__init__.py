@@ -2,9 +2,9 @@
 
 from ..errors import ContextOverflowError
 from .bert import BertModel
+from .encoder import SequenceEncoder
 from .llama import LlamaModel
 from .registry import ARCHITECTURES, load_model, model_class_for, register, supported
 
-__all__ = ['BertModel', 'LlamaModel', 'ContextOverflowError', 'ARCHITECTURES', 'load_model',
-           'model_class_for', 'register',
-           'supported']
+__all__ = ['BertModel', 'SequenceEncoder', 'LlamaModel', 'ContextOverflowError', 'ARCHITECTURES',
+           'load_model', 'model_class_for', 'register', 'supported']
