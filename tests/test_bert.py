@@ -165,23 +165,45 @@ def test_file_metadata_is_llama_cpps(f32_gguf):
         assert len(g.tensors) == 5 + 16 * 6
 
 
-def test_a_file_without_gadgets_keys_takes_max_length_from_the_folder(f32_gguf, st_folder, tmp_path):
-    # As llama.cpp's converter writes it: no gadget.max_sequence_length, no lower-case flag.
-    stripped = tmp_path / 'plain.gguf'
-    with GgufFile.from_path(f32_gguf) as g:
+def _rewritten(src, dst, drop=(), fields=None, tensors_dropped=()):
+    """A copy of GGUF ``src`` without the keys ``drop`` and with ``fields`` (key -> (value, type))."""
+    with GgufFile.from_path(src) as g:
         copy = GgufFile()
         for key, value in g.fields.items():
-            if key not in (K.MAX_SEQUENCE_LENGTH, K.LOWERCASE) and not key.startswith('GGUF.'):
+            if key not in drop and not key.startswith('GGUF.'):
                 copy.set_field(key, value, type=g.get_field_type(key),
                                element_type=g.get_field_element_type(key))
+        for key, (value, kind) in (fields or {}).items():
+            copy.set_field(key, value, type=kind)
         for name in g.tensors:
-            copy.tensors[name] = g.tensors[name]
-        copy.save(stripped)
+            if name not in tensors_dropped:
+                copy.tensors[name] = g.tensors[name]
+        copy.save(dst)
+    return dst
+
+
+def test_a_file_without_gadgets_keys_takes_max_length_from_the_folder(f32_gguf, st_folder, tmp_path):
+    # As llama.cpp's converter writes it: no gadget.max_sequence_length, no lower-case flag.
+    stripped = _rewritten(f32_gguf, tmp_path / 'plain.gguf', drop=(K.MAX_SEQUENCE_LENGTH, K.LOWERCASE))
     with EmbedNumpy(stripped, n_threads=2) as e:
         assert e.max_length == 512                      # the model's positions, as llama.cpp uses
         assert e.tokenize(['Hello World']) == [[101, 7592, 2088, 102]]   # lower-cased: uncased vocabulary
     with EmbedNumpy(stripped, model_id=st_folder, n_threads=2) as e:
         assert e.max_length == 256
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(fields={'bert.pooling_type': (9, 'UINT32')}), 'bert.pooling_type = 9'),
+    (dict(fields={'bert.attention.causal': (True, 'BOOL')}), 'bert.attention.causal = True'),
+    (dict(fields={'bert.attention.head_count': (5, 'UINT32')}), 'not a multiple of head_count'),
+    (dict(fields={'bert.context_length': (256, 'UINT32')}), 'position_embd.weight is'),
+    (dict(tensors_dropped=('blk.3.ffn_up.bias',)), 'blk.3.ffn_up.bias'),
+    (dict(drop=(K.UNK_ID,)), 'unknown_token_id'),
+])
+def test_broken_files_are_refused_naming_what_is_wrong(f32_gguf, tmp_path, change, message):
+    broken = _rewritten(f32_gguf, tmp_path / 'broken.gguf', **change)
+    with pytest.raises((ModelFileError, ValueError), match=message):
+        EmbedNumpy(broken)
 
 
 # --- a tiny random BERT ------------------------------------------------------------------------
