@@ -212,6 +212,7 @@ static int gadget_error_pending(void);
 static const char *gadget_api(void);
 extern "Python" void gadget_log_callback(enum ggml_log_level, const char *, void *);
 static void gadget_op_gelu_erf(struct ggml_tensor *, const struct ggml_tensor *, int, int, void *);
+static void gadget_op_attention(struct ggml_tensor *, int, int, void *);
 '''
 
 

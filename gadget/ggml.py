@@ -34,7 +34,8 @@ from typing import Any, Callable
 from ._ffi import API, ffi, lib
 from .errors import GgmlOpError
 
-__all__: list[str] = ['ffi', 'lib', 'GgmlOpError', 'tensor_shape', 'describe_tensor', 'gadget_gelu_erf']
+__all__: list[str] = ['ffi', 'lib', 'GgmlOpError', 'tensor_shape', 'describe_tensor', 'gadget_gelu_erf',
+                         'gadget_attention']
 
 _TENSOR_PTR = ffi.typeof('struct ggml_tensor *')
 
@@ -64,6 +65,41 @@ def gadget_gelu_erf(ctx: Any, a: Any, name: str | None = None) -> Any:
                           f'{"" if lib.ggml_is_contiguous(a) else " (not contiguous)"}')
     out = __getattr__('ggml_map_custom1')(ctx, a, ffi.addressof(lib, 'gadget_op_gelu_erf'),
                                           lib.GGML_N_TASKS_MAX, ffi.NULL)
+    if name is not None:
+        _set_name(out, name)
+    return out
+
+
+def gadget_attention(ctx: Any, q: Any, k: Any, v: Any, lengths: Any, name: str | None = None) -> Any:
+    """Scaled dot-product attention within each of ``n_seq`` sequences of at most ``n_len`` tokens,
+    as a custom op running gadget's CPU kernel (``gadget/csrc/gadget_ops.h``): for short
+    sequences, where GGML's batched products and its untiled flash attention spend their time on
+    overhead, and with every sum in a fixed order, so a sequence's result does not depend on the
+    batch it is in.
+
+    Arguments:
+        q, k, v: (head_dim, n_head, n_len, n_seq), contiguous F32 (a linear layer's output reshaped).
+        lengths: I32 (n_seq,): the real tokens of each sequence; its queries attend to its first
+            ``length`` keys, with scale ``1 / sqrt(head_dim)``; rows past the length are zero.
+
+    Returns (head_dim * n_head, n_len * n_seq). CPU backend only.
+    """
+    for label, t in (('q', q), ('k', k), ('v', v)):
+        if t.type != lib.GGML_TYPE_F32 or not lib.ggml_is_contiguous(t) or any(
+                t.ne[i] != q.ne[i] for i in range(4)):
+            raise GgmlOpError(f'gadget_attention: {label} must be a contiguous F32 tensor shaped like q '
+                              f'({describe_tensor(q)}), got {describe_tensor(t)}')
+    if lengths.type != lib.GGML_TYPE_I32 or lib.ggml_nelements(lengths) != q.ne[3] \
+            or not lib.ggml_is_contiguous(lengths):
+        raise GgmlOpError(f'gadget_attention: lengths must be I32 with one entry per sequence ({q.ne[3]}), '
+                          f'got {describe_tensor(lengths)}')
+    if q.ne[2] > 4096:
+        raise GgmlOpError(f'gadget_attention: sequences of {q.ne[2]} tokens are too long for this kernel '
+                          '(at most 4096): use ggml_flash_attn_ext')
+    args = ffi.new('struct ggml_tensor *[4]', [q, k, v, lengths])
+    out = __getattr__('ggml_custom_4d')(ctx, lib.GGML_TYPE_F32, q.ne[0] * q.ne[1], q.ne[2] * q.ne[3], 1, 1,
+                                        args, 4, ffi.addressof(lib, 'gadget_op_attention'),
+                                        lib.GGML_N_TASKS_MAX, ffi.NULL)
     if name is not None:
         _set_name(out, name)
     return out

@@ -488,3 +488,47 @@ def test_ssm_conv(n_s, d_inner, d_conv, n_t, seed):
         out = g.compute(G.ggml_ssm_conv(g.ctx, g.input(sx), g.input(c)), ndim=3)
     expected = ref.ssm_conv(sx, c)
     ref.assert_within(out, expected, (d_conv + 1) * U32 * ref.ssm_conv(np.abs(sx), np.abs(c)), 'ssm_conv')
+
+
+# --- gadget's own attention kernel (gadget/csrc/gadget_ops.h) ------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(head_dim=st.sampled_from([1, 7, 8, 32, 40]), n_head=st.integers(1, 4), n_len=st.integers(1, 70),
+       n_seq=st.integers(1, 5), threads=st.sampled_from([1, 2]), seed=seeds)
+def test_gadget_attention(head_dim, n_head, n_len, n_seq, threads, seed):
+    """Each sequence's queries attend over its own first ``length`` keys (float64 reference); the
+    rows past the length are zero, and a sequence's result does not depend on the others'."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (normal(rng, (n_seq, n_len, n_head, head_dim), scale=2.0) for _ in range(3))
+    lengths = rng.integers(1, n_len + 1, n_seq).astype(np.int32)
+
+    def run(q, k, v, lengths):
+        with Graph(n_threads=threads) as g:
+            shape = (head_dim, n_head, n_len, len(lengths))
+            heads = [G.ggml_reshape_4d(g.ctx, g.input(a.reshape(-1, n_head * head_dim)), *shape)
+                     for a in (q, k, v)]
+            out = G.gadget_attention(g.ctx, *heads, g.input(lengths))
+            return g.compute(out).reshape(len(lengths), n_len, n_head, head_dim)
+
+    got = run(q, k, v, lengths)
+    for s, n in enumerate(lengths):
+        for h in range(n_head):
+            scores = q[s, :n, h].astype(np.float64) @ k[s, :n, h].T.astype(np.float64) / np.sqrt(head_dim)
+            p = np.exp(scores - scores.max(axis=1, keepdims=True))
+            ref = (p / p.sum(axis=1, keepdims=True)) @ v[s, :n, h].astype(np.float64)
+            # float32 products of values of a few units and a polynomial exp: 1e-5 of the scale
+            np.testing.assert_allclose(got[s, :n, h], ref, atol=2e-5 * max(1.0, np.abs(v).max()), rtol=1e-5)
+        assert (got[s, n:] == 0).all()
+    alone = run(q[:1], k[:1], v[:1], lengths[:1])
+    assert np.array_equal(alone[0], got[0])
+
+
+def test_gadget_attention_refuses_what_its_kernel_cannot_read():
+    with Graph() as g:
+        q = G.ggml_reshape_4d(g.ctx, g.input(np.zeros((6, 8), np.float32)), 4, 2, 3, 2)
+        lengths = g.input(np.array([1, 3], np.int32))
+        with pytest.raises(G.GgmlOpError, match='k must be a contiguous F32 tensor shaped like q'):
+            G.gadget_attention(g.ctx, q, G.ggml_reshape_4d(g.ctx, g.input(np.zeros((6, 8), np.float16)),
+                                                           4, 2, 3, 2), q, lengths)
+        with pytest.raises(G.GgmlOpError, match='lengths must be I32 with one entry per sequence'):
+            G.gadget_attention(g.ctx, q, q, q, g.input(np.array([1, 2, 3], np.int32)))

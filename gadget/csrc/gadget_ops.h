@@ -12,6 +12,7 @@
  * 2^n exp(r), |r| <= ln(2)/2, with its Taylor series to r^7 (relative error < 1e-8).
  */
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -63,5 +64,77 @@ static void gadget_op_gelu_erf(struct ggml_tensor *dst, const struct ggml_tensor
     const int64_t start = per * ith, end = start + per < n ? start + per : n;
     if (start < end) {
         gadget_gelu_erf_f32((float *) dst->data + start, (const float *) a->data + start, end - start);
+    }
+}
+
+/* Attention of one query row over the first n_keys rows of keys / values (each row head_dim
+ * floats, rows `stride` floats apart): out = softmax(scale q.k_j) . v_j. The order of every sum is
+ * fixed by this code (eight partial sums per dot product, keys in order), so the result does not
+ * depend on where the sequence sits in a batch. */
+GADGET_CLONES
+static void gadget_attend(float *out, const float *q, const float *keys, const float *values, int64_t n_keys,
+                          int64_t head_dim, int64_t stride, float scale, float *p) {
+    float max = -3.0e38f;
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float *kj = keys + j * stride;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t d = 0;
+        for (; d + 8 <= head_dim; d += 8) {
+            for (int l = 0; l < 8; l++) {
+                acc[l] += q[d + l] * kj[d + l];
+            }
+        }
+        float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (; d < head_dim; d++) {
+            s += q[d] * kj[d];
+        }
+        p[j] = s * scale;
+        max = p[j] > max ? p[j] : max;
+    }
+    for (int64_t j = 0; j < n_keys; j++) {
+        p[j] = gadget_exp_neg(p[j] - max);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n_keys; j++) {
+        sum += p[j];
+    }
+    for (int64_t d = 0; d < head_dim; d++) {
+        out[d] = 0.0f;
+    }
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float w = p[j] / sum;
+        const float *vj = values + j * stride;
+        for (int64_t d = 0; d < head_dim; d++) {
+            out[d] += w * vj[d];
+        }
+    }
+}
+
+/* ggml_custom_op_t for gadget_attention (see gadget.ggml): dst (head_dim * n_head, n_len * n_seq)
+ * from src q, k, v (head_dim, n_head, n_len, n_seq), contiguous F32, and src[3] the I32 length of
+ * each sequence: every query of a sequence attends to that sequence's first `length` keys, with
+ * scale 1 / sqrt(head_dim); rows past a sequence's length are zero. Threads take (sequence, head)
+ * pairs in turn. */
+static void gadget_op_attention(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    (void) userdata;
+    const struct ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2], *lengths = dst->src[3];
+    const int64_t head_dim = q->ne[0], n_head = q->ne[1], n_len = q->ne[2], n_seq = q->ne[3];
+    const int64_t row = head_dim * n_head;
+    const float scale = 1.0f / sqrtf((float) head_dim);
+    float p[n_len];
+    for (int64_t task = ith; task < n_seq * n_head; task += nth) {
+        const int64_t s = task / n_head, h = task % n_head;
+        int64_t len = ((const int32_t *) lengths->data)[s];
+        len = len < 1 ? 1 : (len > n_len ? n_len : len);
+        const int64_t base = s * n_len * row + h * head_dim;
+        for (int64_t i = 0; i < n_len; i++) {
+            float *o = (float *) dst->data + base + i * row;
+            if (i >= len) {
+                memset(o, 0, head_dim * sizeof(float));
+                continue;
+            }
+            gadget_attend(o, (const float *) q->data + base + i * row, (const float *) k->data + base,
+                          (const float *) v->data + base, len, head_dim, row, scale, p);
+        }
     }
 }

@@ -1,21 +1,20 @@
 """BERT (Devlin et al., 2018) as a sentence encoder: token + position + token-type embeddings, then
 post-norm encoder layers (bidirectional attention, GELU feed-forward), then pooling.
 
-Weights load by their GGUF (llama.cpp) names. Batches of texts, the attention blocks that keep
-them apart and pooling come from :class:`~gadget.models.encoder.SequenceEncoder`. Shapes in
+Weights load by their GGUF (llama.cpp) names. Batches of texts, attention within each text and
+pooling come from :class:`~gadget.models.encoder.SequenceEncoder`. Shapes in
 comments are in ggml order.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .. import ggml as G
 from ..gguf import keys as K
 from ..model import Parameter, Tensor, ggml_type_in, one_of, positive_float, positive_int
 from .encoder import POOLINGS, SequenceEncoder
-from .layers import attention, layer_norm, linear
+from .layers import layer_norm, linear
 from .registry import register
 
 __all__ = ['BertModel', 'POOLINGS']
@@ -84,7 +83,7 @@ class BertModel(SequenceEncoder):
         ctx, p, T = self.ctx_graph, self.params, self.tensors
         n_len, n_seq, n_embd, head_dim = self.state['n_len'], self.state['n_seq'], p['n_embd'], p['head_dim']
         n_tokens = n_len * n_seq
-        tokens, mask, n_block, n_blocks = self.call_inputs()     # mask: (n_block, n_block, 1, n_blocks)
+        tokens = self.call_inputs()                                              # (n_tokens,)
         # exact GELU: gadget's vectorized kernel on the CPU, GGML's own elsewhere
         gelu = G.gadget_gelu_erf if self.backend.kind == 'cpu' else G.ggml_gelu_erf
 
@@ -97,8 +96,8 @@ class BertModel(SequenceEncoder):
         x = layer_norm(ctx, G.ggml_reshape_2d(ctx, x, n_embd, n_tokens), T['token_embd_norm.weight'],
                        T['token_embd_norm.bias'], p['norm_eps'], name='inp_norm')
 
-        def heads(t: Any) -> Any:                # (n_embd, n_tokens) -> (head_dim, n_head, n_block, n_blocks)
-            return G.ggml_reshape_4d(ctx, t, head_dim, p['n_head'], n_block, n_blocks)
+        def heads(t: Any) -> Any:                    # (n_embd, n_tokens) -> (head_dim, n_head, n_len, n_seq)
+            return G.ggml_reshape_4d(ctx, t, head_dim, p['n_head'], n_len, n_seq)
 
         for il in range(p['n_layer']):
             def w(name: str, il: int = il) -> Any:                 # this layer's weight by GGUF name
@@ -107,10 +106,7 @@ class BertModel(SequenceEncoder):
             q = heads(linear(ctx, x, w('attn_q.weight'), w('attn_q.bias'), name=f'q{il}'))
             k = heads(linear(ctx, x, w('attn_k.weight'), w('attn_k.bias'), name=f'k{il}'))
             v = heads(linear(ctx, x, w('attn_v.weight'), w('attn_v.bias'), name=f'v{il}'))
-            keys = G.ggml_permute(ctx, k, 0, 2, 1, 3)                  # (head_dim, n_block, n_head, n_blocks)
-            values = G.ggml_permute(ctx, v, 0, 2, 1, 3)                # (head_dim, n_block, n_head, n_blocks)
-            attn = attention(ctx, q, keys, values=values, mask=mask, scale=1.0 / math.sqrt(head_dim),
-                             name=f'attn{il}', fused=True)                       # (n_embd, n_tokens)
+            attn = self.attention(q, k, v, name=f'attn{il}')                     # (n_embd, n_tokens)
             attn = linear(ctx, attn, w('attn_output.weight'), w('attn_output.bias'), name=f'attn_out{il}')
             x = layer_norm(ctx, G.ggml_add(ctx, x, attn), w('attn_output_norm.weight'),
                            w('attn_output_norm.bias'), p['norm_eps'], name=f'attn_norm{il}')
@@ -119,4 +115,4 @@ class BertModel(SequenceEncoder):
             h = linear(ctx, h, w('ffn_down.weight'), w('ffn_down.bias'), name=f'ffn_out{il}')
             x = layer_norm(ctx, G.ggml_add(ctx, x, h), w('layer_output_norm.weight'),
                            w('layer_output_norm.bias'), p['norm_eps'], name=f'l_out{il}')  # (n_embd, n_tok)
-        return self.pooled(x)                                # (n_embd, n_seq), or x for 'none'
+        return x                                                 # pooled by SequenceEncoder.embed

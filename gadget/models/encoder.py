@@ -1,18 +1,25 @@
 """The machinery every bidirectional encoder shares: batches of token sequences padded side by
-side, attention blocks that never cross texts, pooling, and calling the model with token ids.
+side, attention that never crosses texts, pooling, and calling the model with token ids.
 
 A batch is ``n_seq`` sequences padded to one length ``n_len`` (texts of similar length are batched
-together, so padding is small), laid out ``(n_embd, n_len, n_seq)``. Attention runs on blocks of
-``group`` neighbouring sequences (``group * n_len`` >= 64 tokens, the size from which GGML's CPU
-flash attention uses its tiled kernel; one sequence per block from 64 tokens on), masked so that
-no token attends to another text or to padding: the cost grows with each text's length, not with
-the batch's. Pooling is a product with a ``(n_len * n_seq, n_seq)`` weight matrix (mean, first or
-last real token of each sequence).
+together, so padding is small), laid out ``(n_embd, n_len, n_seq)``. Attention is computed per
+sequence over its own real tokens only, so its cost grows with each text's length, not with the
+batch's, and a text's vector does not depend on the batch it was in (bit for bit: tested):
+
+* on the CPU, sequences shorter than ``SHORT`` (64) tokens run gadget's own attention kernel
+  (:func:`gadget.ggml.gadget_attention`: each query over its sequence's real keys, sums in a fixed
+  order), several times faster there than GGML's batched products or its untiled flash attention;
+* longer ones (and every sequence on other backends) run GGML's flash attention with the padded
+  keys masked: from 64 queries per head its CPU kernel is tiled and fast. The two kinds of
+  sequence never share a batch.
+
+Pooling (mean, first or last real token of each sequence) is done on the hidden states read back,
+the mean accumulated in float64.
 
 An architecture subclasses :class:`SequenceEncoder`, declares its hyper-parameters (with
 ``n_embd``, ``n_ctx_train`` and ``default_pooling``) and weights (with ``token_embd.weight``), and
-writes ``forward`` from :meth:`SequenceEncoder.call_inputs` to :meth:`SequenceEncoder.pooled`.
-Shapes in comments are in ggml order.
+writes ``forward`` from :meth:`SequenceEncoder.call_inputs` and :meth:`SequenceEncoder.attention`
+to the last hidden states. Shapes in comments are in ggml order.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import numpy as np
 
 from .. import ggml as G
 from ..model import GgmlModel, Input, Parameter, State, at_most, positive_int
+from .layers import attention
 
-__all__ = ['SequenceEncoder', 'POOLINGS', 'ATTENTION_BLOCK']
+__all__ = ['SequenceEncoder', 'POOLINGS', 'SHORT']
 
-#: Tokens per attention block from which GGML's CPU flash attention runs its tiled kernel
-#: (GGML_FA_TILE_Q); shorter sequences are grouped into blocks at least this long.
-ATTENTION_BLOCK = 64
+#: Sequences shorter than this run gadget's attention kernel on the CPU; from this length on, the
+#: queries of one head fill GGML's flash-attention tile (GGML_FA_TILE_Q) and its tiled kernel runs.
+SHORT = 64
 
 #: Pooling names: per-token vectors, their mean, the first ([CLS]) or the last token's.
 POOLINGS = ('none', 'mean', 'cls', 'last')
@@ -47,57 +55,54 @@ class SequenceEncoder(GgmlModel):
     batch_size: Parameter(lambda p: max(2048, p['context_length']), check=at_most('max_batch'))
     max_batch: Parameter(1 << 16)
     max_sequences: Parameter(lambda p: min(p['batch_size'], 256), check=positive_int)
-    mask_size: Parameter(lambda p: p['batch_size'] * (p['context_length'] + ATTENTION_BLOCK))
-    pool_size: Parameter(lambda p: p['batch_size'] * p['max_sequences'])
+    mask_size: Parameter(lambda p: p['batch_size'] * p['context_length'])
 
-    # per-call inputs: padded token ids, the attention mask, the pooling weights
+    # per-call inputs: padded token ids, each sequence's length, the flash-attention mask
     tokens: Input('I32', ('batch_size',))
+    lengths: Input('I32', ('max_sequences',))
     mask: Input('F16', ('mask_size',))
-    pool: Input('F32', ('pool_size',))
 
     # what the graph is built for
-    n_len: State(ATTENTION_BLOCK)      # (one block: the graph built at load)
+    n_len: State(SHORT)
     n_seq: State(1)
-    pooling: State('mean')
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.params['n_vocab'] = int(self.tensors['token_embd.weight'].ne[1])
 
-    def call_inputs(self) -> tuple[Any, Any, int, int]:
-        """For ``forward``: the token ids (I32, n_len * n_seq), the attention mask
-        (n_block, n_block, 1, n_blocks) and the block shape ``(n_block, n_blocks)``."""
+    def call_inputs(self) -> Any:
+        """For ``forward``: this call's token ids (I32, n_len * n_seq)."""
+        n_tokens = self.state['n_len'] * self.state['n_seq']
+        return G.ggml_view_1d(self.ctx_graph, self.tensors['tokens'], n_tokens, 0)
+
+    def short(self, n_len: int) -> bool:
+        """Whether sequences padded to ``n_len`` run gadget's attention kernel (see the module)."""
+        return n_len < SHORT and self.backend.kind == 'cpu'
+
+    def attention(self, q: Any, k: Any, v: Any, name: str) -> Any:
+        """Attention of each sequence's queries over its own real keys and values, scale
+        ``1 / sqrt(head_dim)``. q, k, v: (head_dim, n_head, n_len, n_seq), contiguous (a linear
+        layer's output reshaped). Returns (head_dim * n_head, n_len * n_seq)."""
         ctx, T = self.ctx_graph, self.tensors
         n_len, n_seq = self.state['n_len'], self.state['n_seq']
-        group = self.group(n_len)
-        n_block, n_blocks = n_len * group, n_seq // group
-        block_bytes = n_block * n_block * 2
-        mask = G.ggml_view_4d(ctx, T['mask'], n_block, n_block, 1, n_blocks, n_block * 2, block_bytes,
-                              block_bytes, 0, name='kq_mask')
-        return G.ggml_view_1d(ctx, T['tokens'], n_len * n_seq, 0), mask, n_block, n_blocks
-
-    def pooled(self, x: Any) -> Any:
-        """The graph's output from the last hidden states ``x`` (n_embd, n_tokens): pooled
-        (n_embd, n_seq), or ``x`` itself with pooling ``'none'``."""
-        if self.state['pooling'] == 'none':
-            return x
-        ctx, n_tokens, n_seq = self.ctx_graph, x.ne[1], self.state['n_seq']
-        pool = G.ggml_view_2d(ctx, self.tensors['pool'], n_tokens, n_seq, n_tokens * 4, 0)   # (n_tok, n_seq)
-        x_t = G.ggml_cont(ctx, G.ggml_transpose(ctx, x))                             # (n_tokens, n_embd)
-        return G.ggml_mul_mat(ctx, x_t, pool, name='result_embd_pooled')            # (n_embd, n_seq)
+        if self.short(n_len):
+            lengths = G.ggml_view_1d(ctx, T['lengths'], n_seq, 0)
+            return G.gadget_attention(ctx, q, k, v, lengths, name=name)
+        mask = G.ggml_view_4d(ctx, T['mask'], n_len, n_len, 1, n_seq, n_len * 2, n_len * n_len * 2,
+                              n_len * n_len * 2, 0, name='kq_mask')              # (n_len, n_len, 1, n_seq)
+        keys = G.ggml_permute(ctx, k, 0, 2, 1, 3)                        # (head_dim, n_len, n_head, n_seq)
+        values = G.ggml_permute(ctx, v, 0, 2, 1, 3)
+        return attention(ctx, q, keys, values=values, mask=mask, scale=1.0 / float(q.ne[0]) ** 0.5,
+                         name=name, fused=True)
 
     # --- running it -------------------------------------------------------------------------------
 
-    def group(self, n_len: int) -> int:
-        """How many sequences of ``n_len`` tokens share an attention block."""
-        p = self.params
-        return max(1, min(-(-ATTENTION_BLOCK // n_len), p['batch_size'] // n_len, p['max_sequences']))
-
     def batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
         """How :meth:`embed` groups sequences of these lengths: lists of indices, longest first, each
-        group padded to its longest member, within ``batch_size`` tokens and ``max_sequences``; a
-        sequence less than half as long as a group's first starts a new group (padding it would
-        cost more than a graph of its own)."""
+        group padded to its longest member, within ``batch_size`` tokens and ``max_sequences``.
+        A group holds short sequences (see :meth:`short`) or long ones, never both; a sequence
+        less than half as long as a group's first starts a new group (padding it would cost more
+        than a graph of its own)."""
         p = self.params
         lengths = np.asarray(lengths, dtype=np.int64)
         order = np.argsort(-lengths, kind='stable')
@@ -105,11 +110,10 @@ class SequenceEncoder(GgmlModel):
         start = 0
         while start < len(order):
             n_len = int(lengths[order[start]])
-            group = self.group(n_len)
-            most = min(p['max_sequences'], p['batch_size'] // n_len) // group * group   # whole blocks
-            count = max(1, min(most, len(order) - start))
-            short = np.flatnonzero(lengths[order[start:start + count]] * 2 < n_len)
-            count = int(short[0]) if short.size else count
+            count = max(1, min(p['max_sequences'], p['batch_size'] // n_len, len(order) - start))
+            members = lengths[order[start:start + count]]
+            apart = np.flatnonzero((members * 2 < n_len) | (self.short(int(n_len)) != (members < SHORT)))
+            count = int(apart[0]) if apart.size else count
             groups.append(order[start:start + count])
             start += count
         return groups
@@ -157,35 +161,27 @@ class SequenceEncoder(GgmlModel):
         return ids.astype(np.int32)
 
     def _run(self, seqs: list[np.ndarray], pooling: str) -> list[np.ndarray]:
-        n_len, n_real = max(s.size for s in seqs), len(seqs)
-        group = self.group(n_len)
-        n_seq = -(-n_real // group) * group
-        # whole attention blocks: sequences of one padding token fill the last one (never all-masked)
-        lengths = np.array([s.size for s in seqs] + [1] * (n_seq - n_real))
-        for key, value in (('n_len', n_len), ('n_seq', n_seq), ('pooling', pooling)):
+        """One graph: the pooled vectors (or per-token states) of ``seqs``, in their order."""
+        n_len, n_seq = max(s.size for s in seqs), len(seqs)
+        lengths = np.array([s.size for s in seqs], dtype=np.int32)
+        for key, value in (('n_len', n_len), ('n_seq', n_seq)):
             if self.state[key] != value:
                 self.state[key] = value
         self.ensure_graph()
         tokens = np.zeros((n_seq, n_len), dtype=np.int32)
         for j, s in enumerate(seqs):
             tokens[j, :s.size] = s
-        real = np.arange(n_len)[None, :] < lengths[:, None]                      # (n_seq, n_len)
-        # per block: a query sees the real keys of its own sequence only
-        n_block = n_len * group
-        owner = np.arange(n_block) // n_len
-        allowed = (owner[:, None] == owner[None, :])[None] & real.reshape(-1, 1, n_block)  # (n_blocks, q, k)
         self.write('tokens', tokens)
-        self.write('mask', np.where(allowed, np.float16(0), np.float16(-np.inf)))
-        if pooling != 'none':
-            pool = np.zeros((n_seq, n_seq, n_len), dtype=np.float32)    # numpy order of (n_tokens, n_seq)
-            rows = np.arange(n_seq)
-            if pooling == 'mean':
-                pool[rows, rows] = real / lengths[:, None]
-            else:
-                pool[rows, rows, 0 if pooling == 'cls' else lengths - 1] = 1.0
-            self.write('pool', pool)
+        self.write('lengths', lengths)
+        if not self.short(n_len):
+            real = np.arange(n_len)[None, :] < lengths[:, None]                  # (n_seq, n_len): keys
+            mask = np.where(real, np.float16(0), np.float16(-np.inf))
+            self.write('mask', np.ascontiguousarray(np.broadcast_to(mask[:, None, :], (n_seq, n_len, n_len))))
         self.run()
-        if pooling != 'none':
-            return list(self.read(np.empty((n_seq, self.params['n_embd']), dtype=np.float32))[:n_real])
         states = self.read(np.empty((n_seq, n_len, self.params['n_embd']), dtype=np.float32))
-        return [states[j, :n] for j, n in enumerate(lengths[:n_real])]
+        if pooling == 'none':
+            return [states[j, :n] for j, n in enumerate(lengths)]
+        if pooling == 'mean':
+            return [states[j, :n].mean(axis=0, dtype=np.float64).astype(np.float32)
+                    for j, n in enumerate(lengths)]
+        return list(states[np.arange(n_seq), 0 if pooling == 'cls' else lengths - 1])
