@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument('--items', type=int, default=8, help='array items shown before abbreviating')
     inspect.set_defaults(run=_inspect)
     generate = commands.add_parser('generate', help='continue a prompt with a language model')
-    generate.add_argument('prompt')
+    generate.add_argument('prompt', help='the text to continue')
     generate.add_argument('--stop', action='append', help='stop string (repeatable)')
     _add_model_args(generate)
     generate.set_defaults(run=_user_errors('generate', _generate))
