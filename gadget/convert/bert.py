@@ -31,7 +31,8 @@ from ..gguf import GgufFile
 from ..gguf import keys as K
 from ..types import is_quantized
 from .core import (CONTROL, NORMAL, OUTTYPES, QUANTIZATION_VERSION, UNUSED, Planned, SafetensorsSource,
-                   StateDictSource, TensorSource, components, normalise_outtype, save_streamed, weight_type)
+                   StateDictSource, TensorSource, check_tensor_names, components, normalise_outtype,
+                   save_streamed, weight_type)
 
 __all__ = ['BertHparams', 'bert_hparams', 'convert_bert', 'wordpiece_to_gguf_tokens']
 
@@ -120,17 +121,10 @@ def _plan_tensors(source: TensorSource, hp: BertHparams, outtype: str) -> list[P
         elif name.startswith('token_embd.') and is_quantized(gtype):
             gtype = OUTTYPES['F16'][0]
         found[key] = Planned(name, shape, gtype, lambda hf_name=hf_name: source.load(hf_name))
-    if unknown:
-        raise ValueError(f'{len(unknown)} tensors of the checkpoint have no llama.cpp name: '
-                         f'{", ".join(unknown[:8])}{", ..." if len(unknown) > 8 else ""}')
-    names = {p.name for p in found.values()}
     required = list(_EMBEDDING_NAMES.values()) + [
         f'blk.{i}.{n}.{s}' for i in range(hp.n_layer) for n in _LAYER_NAMES.values()
         for s in ('weight', 'bias')]
-    missing = [n for n in required if n not in names]
-    if missing:
-        raise ValueError(f'the checkpoint lacks {len(missing)} tensors BERT needs: '
-                         f'{", ".join(missing[:8])}{", ..." if len(missing) > 8 else ""}')
+    check_tensor_names(unknown, list(found.values()), required, 'BERT')
     return [found[k] for k in sorted(found)]
 
 

@@ -199,6 +199,21 @@ def save_streamed(gguf: GgufFile, plan: Sequence[Planned], out_path: Path, progr
         gguf.save(out_path)
 
 
+def check_tensor_names(unknown: Sequence[str], found: Sequence[Planned], required: Sequence[str], model: str,
+                       hint: Callable[[list[str]], str] = lambda missing: '') -> None:
+    """Refuse a checkpoint with tensors no llama.cpp name maps (``unknown``) or without a tensor the
+    ``model`` needs (``required`` llama.cpp names not in ``found``); ``hint(missing)`` adds to the
+    message."""
+    if unknown:
+        raise ValueError(f'{len(unknown)} tensors of the checkpoint have no llama.cpp name: '
+                         f'{", ".join(unknown[:8])}{", ..." if len(unknown) > 8 else ""}')
+    names = {p.name for p in found}
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise ValueError(f'the checkpoint lacks {len(missing)} tensors {model} needs: '
+                         f'{", ".join(missing[:8])}{", ..." if len(missing) > 8 else ""}' + hint(missing))
+
+
 def weight_type(name: str, shape: tuple[int, ...], outtype: str) -> GgmlType:
     if len(shape) < 2:
         return GgmlType.F32          # norms, biases and rope_freqs stay F32, as in llama.cpp

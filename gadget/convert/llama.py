@@ -43,8 +43,8 @@ from ..gguf import GgufFile
 from ..gguf import keys as K
 from ..types import is_quantized
 from .core import (OUTTYPES, QUANTIZATION_VERSION, Planned, SafetensorsSource, StateDictSource,
-                   TensorSource, load_tokenizer, normalise_outtype, save_streamed, set_tokenizer_fields,
-                   weight_type)
+                   TensorSource, check_tensor_names, load_tokenizer, normalise_outtype, save_streamed,
+                   set_tokenizer_fields, weight_type)
 
 __all__ = ['LlamaHparams', 'convert_llama', 'llama3_rope_factors', 'llama_hparams']
 
@@ -208,20 +208,13 @@ def _plan_tensors(source: TensorSource, hp: LlamaHparams, outtype: str) -> list[
             return _permute_rope_rows(data, n_perm) if n_perm else data
 
         found[key] = Planned(name, shape, weight_type(name, shape, outtype), load)
-    if unknown:
-        raise ValueError(f'{len(unknown)} tensors of the checkpoint have no llama.cpp name: '
-                         f'{", ".join(unknown[:8])}{", ..." if len(unknown) > 8 else ""}')
-    names = {p.name for p in found.values()}
     required = ['token_embd.weight', 'output_norm.weight'] + [
         f'blk.{i}.{n}.weight' for i in range(hp.n_layer) for n in _LAYER_NAMES.values()]
     if not hp.tie_embeddings:
         required.append('output.weight')
-    missing = [n for n in required if n not in names]
-    if missing:
-        raise ValueError(f'the checkpoint lacks {len(missing)} tensors llama.cpp needs: '
-                         f'{", ".join(missing[:8])}{", ..." if len(missing) > 8 else ""}'
-                         + (' (tie_word_embeddings is false but there is no lm_head.weight)'
-                            if 'output.weight' in missing else ''))
+    untied = ' (tie_word_embeddings is false but there is no lm_head.weight)'
+    check_tensor_names(unknown, list(found.values()), required, 'llama.cpp',
+                       hint=lambda missing: untied if 'output.weight' in missing else '')
     plan = [found[k] for k in sorted(found)]
     if hp.rope_type == 'llama3':
         factors = llama3_rope_factors(hp)
