@@ -97,8 +97,6 @@ class EmbedNumpy:
             matrices converted when loaded (BF16 is the fastest on CPUs with AVX-512 BF16).
     """
 
-    framework = 'numpy'
-
     def __init__(self, gguf_or_path: GgufFile | str | os.PathLike | None = None, model_id: Any = None,
                  pooling: str | None = None, normalize: bool = True, batch_size: int | None = None,
                  backend: Any = 'cpu', n_threads: int | None = None, weight_type: str | None = None,
@@ -223,8 +221,6 @@ class EmbedNumpy:
 class EmbedTorch(EmbedNumpy):
     """:class:`EmbedNumpy` returning torch tensors, on the model's device (the GPU of a CUDA
     backend, else the CPU)."""
-
-    framework = 'torch'
 
     def _output(self, vectors: Any) -> Any:
         import torch
