@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +42,30 @@ _LEVELS = {
     lib.GGML_LOG_LEVEL_WARN: logging.WARNING,
     lib.GGML_LOG_LEVEL_ERROR: logging.ERROR,
 }
-_pending = {'level': logging.INFO, 'text': ''}
+
+
+@dataclass
+class _Line:
+    """The log line GGML is emitting: its level and the pieces received so far."""
+    level: int = logging.INFO
+    text: str = ''
+
+
+_pending = _Line()
 
 
 @ffi.def_extern()
 def gadget_log_callback(level: int, text: Any, user_data: Any) -> None:
     # GGML emits lines in pieces; GGML_LOG_LEVEL_CONT continues the previous piece's level.
     if level != lib.GGML_LOG_LEVEL_CONT:
-        _pending['level'] = _LEVELS.get(level, logging.INFO)
+        _pending.level = _LEVELS.get(level, logging.INFO)
     if text == ffi.NULL:
         return
-    _pending['text'] += ffi.string(text).decode('utf-8', 'replace')
-    if _pending['text'].endswith('\n'):
-        message, _pending['text'] = _pending['text'].rstrip('\n'), ''
-        if log.isEnabledFor(_pending['level']):
-            log.log(_pending['level'], '%s', message)
+    _pending.text += ffi.string(text).decode('utf-8', 'replace')
+    if _pending.text.endswith('\n'):
+        message, _pending.text = _pending.text.rstrip('\n'), ''
+        if log.isEnabledFor(_pending.level):
+            log.log(_pending.level, '%s', message)
 
 
 MODULE_PREFIX = 'libgadget-ggml-'

@@ -220,9 +220,9 @@ def get_tensor_data(tensor: Any, framework: str = 'numpy', ndim: int | None = No
     if framework == 'torch' and device is not None and not _buffer_is_host(tensor) \
             and lib.ggml_is_contiguous(tensor) and _torch_dtype(tensor.type) is not None:
         import torch
-        out = torch.empty(numpy_shape(tensor, ndim), dtype=_torch_dtype(tensor.type), device=device)
-        _device_copy(out.data_ptr(), int(ffi.cast('uintptr_t', tensor.data)), lib.ggml_nbytes(tensor))
-        return out
+        on_device = torch.empty(numpy_shape(tensor, ndim), dtype=_torch_dtype(tensor.type), device=device)
+        _device_copy(on_device.data_ptr(), int(ffi.cast('uintptr_t', tensor.data)), lib.ggml_nbytes(tensor))
+        return on_device
     t = tensor.type
     shape = numpy_shape(tensor, ndim)
     if lib.ggml_is_contiguous(tensor):

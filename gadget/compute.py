@@ -123,9 +123,13 @@ class GgmlCompute:
         self.lock = threading.RLock()
         self._closed = False
         self._owns_backend = not isinstance(backend, Backend)
-        self.backend = Backend(backend, n_threads) if self._owns_backend else backend
-        if not self._owns_backend and n_threads is not None:
-            self.backend.set_n_threads(n_threads)
+        self.backend: Backend
+        if isinstance(backend, Backend):
+            self.backend = backend
+            if n_threads is not None:
+                self.backend.set_n_threads(n_threads)
+        else:
+            self.backend = Backend(backend, n_threads)
         self.tensors = TensorDict()
         self._ndim: dict[str, int] = {}
         self._nbytes: dict[str, int] = {}
@@ -285,6 +289,7 @@ class GgmlCompute:
             raise MemoryError(f'could not allocate the graph on backend {self.backend.name!r}')
 
     def _build(self, ctx: Any) -> Any:
+        assert self.model is not None, 'create_graph refuses a missing model function'
         return self.model(ctx, self.params, self.tensors)
 
     def destroy_graph(self) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import ContextOverflowError, ModelFileError
 from .gguf import GgufFile
 from .gguf import keys as K
+from .model import GgmlModel
 from .models import model_class_for
 from .models.encoder import POOLINGS
 from .tokenizer import cache_dir, load_tokenizer
@@ -100,8 +101,8 @@ class EmbedNumpy:
     def __init__(self, gguf_or_path: GgufFile | str | os.PathLike | None = None, model_id: Any = None,
                  pooling: str | None = None, normalize: bool = True, batch_size: int | None = None,
                  backend: Any = 'cpu', n_threads: int | None = None, weight_type: str | None = None,
-                 max_length: int | None = None, truncate: bool = True, model_class: type | None = None,
-                 **kwargs: Any):
+                 max_length: int | None = None, truncate: bool = True,
+                 model_class: type[GgmlModel] | None = None, **kwargs: Any):
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f'pooling must be one of {", ".join(POOLINGS)} (or None: the file\'s), '
                              f'got {pooling!r}')
@@ -136,7 +137,7 @@ class EmbedNumpy:
             context, batch = int(p['context_length']), int(p['batch_size'])
             longest = min(context, batch)
             if max_length is None:
-                max_length = min(int(_folder_max_length(model_id) or self.model.gguf.get_field(
+                max_length = min(int(_folder_max_length(model_id) or gguf.get_field(
                     K.MAX_SEQUENCE_LENGTH, None) or context), context)
                 if max_length > batch:
                     raise ValueError(f'batch_size ({batch}) is smaller than the model\'s max_length '

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import keyword
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from ._ffi import API, ffi, lib
 from .errors import GgmlOpError
@@ -187,7 +187,8 @@ def _make_enum(tag: str) -> type[enum.IntEnum]:
     for full, value in names.items():
         short = full[len(prefix):]
         members[short if short.isidentifier() and not keyword.iskeyword(short) else full] = value
-    return enum.IntEnum(_camel(tag), members, module=__name__)
+    # The functional API returns a new class; mypy types its result as a member of IntEnum.
+    return cast('type[enum.IntEnum]', enum.IntEnum(_camel(tag), members, module=__name__))
 
 
 def _common_prefix(names: list[str]) -> str:

@@ -36,7 +36,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, TypeVar
 
 import numpy as np
 
@@ -55,6 +55,9 @@ log = logging.getLogger('gadget.model')
 ROLES = ('weight', 'input', 'buffer')
 
 _REQUIRED = object()
+
+#: A subclass of GgmlModel: what its alternative constructors (from_gguf, ...) return.
+_Model = TypeVar('_Model', bound='GgmlModel')
 
 
 class Parameter:
@@ -218,7 +221,7 @@ class _Declarations:
     states: dict[str, State]
 
 
-def _declarations(cls: type, namespace: Mapping[str, Any]) -> _Declarations:
+def _declarations(cls: type[GgmlModel], namespace: Mapping[str, Any]) -> _Declarations:
     params: dict[str, Parameter] = {}
     tensors: dict[str, Tensor] = {}
     states: dict[str, State] = {}
@@ -237,11 +240,15 @@ def _declarations(cls: type, namespace: Mapping[str, Any]) -> _Declarations:
                         raise TypeError(f'{cls.__name__}.{name}: cannot evaluate the declaration '
                                         f'{hint!r}: {exc}') from None
                     continue  # an ordinary annotation, not a gadget declaration
-            for table, kind in ((params, Parameter), (tensors, Tensor), (states, State)):
-                if isinstance(hint, kind):
-                    for other in (params, tensors, states):
-                        other.pop(name, None)
-                    table[name] = hint
+            if isinstance(hint, (Parameter, Tensor, State)):
+                for table in (params, tensors, states):
+                    table.pop(name, None)
+                if isinstance(hint, Parameter):
+                    params[name] = hint
+                elif isinstance(hint, Tensor):
+                    tensors[name] = hint
+                else:
+                    states[name] = hint
     return _Declarations(params, tensors, states)
 
 
@@ -395,7 +402,7 @@ class GgmlModel(GgmlCompute):
         return params
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any] | None = None, **kwargs: Any) -> 'GgmlModel':
+    def from_values(cls: type[_Model], values: Mapping[str, Any] | None = None, **kwargs: Any) -> _Model:
         """A model with tensors set from ``values`` (name → array, numpy order).
 
         Keyword arguments: parameters (and dimension names), states, and ``backend``, ``framework``,
@@ -418,7 +425,7 @@ class GgmlModel(GgmlCompute):
         return model._filled(values.items())
 
     @classmethod
-    def from_gguf(cls, gguf: GgufFile, **kwargs: Any) -> 'GgmlModel':
+    def from_gguf(cls: type[_Model], gguf: GgufFile, **kwargs: Any) -> _Model:
         """A model whose parameters and weights come from an open :class:`GgufFile`.
 
         Weights are loaded from the file by name: without a copy on a host backend (mapped from
@@ -446,7 +453,7 @@ class GgmlModel(GgmlCompute):
         model._owns_gguf = close_gguf
         return model._filled((name, gguf.get_tensor(name)) for name in copied)
 
-    def _filled(self, values: Iterable[tuple[str, Any]]) -> 'GgmlModel':
+    def _filled(self: _Model, values: Iterable[tuple[str, Any]]) -> _Model:
         """Set ``values`` into the new model and build its graph; close it on any failure."""
         try:
             for name, array in values:
@@ -458,7 +465,7 @@ class GgmlModel(GgmlCompute):
         return self
 
     @classmethod
-    def from_path(cls, path: str | Path, **kwargs: Any) -> 'GgmlModel':
+    def from_path(cls: type[_Model], path: str | Path, **kwargs: Any) -> _Model:
         """:meth:`from_gguf` on the file at ``path`` (opened memory-mapped; closed with the model)."""
         gguf = GgufFile.from_path(path)
         try:
@@ -513,7 +520,7 @@ class GgmlModel(GgmlCompute):
             self.gguf.close()
 
 
-def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any], specs: Mapping[str, Any],
+def _mappable(cls: type[GgmlModel], gguf: GgufFile, params: dict[str, Any], specs: Mapping[str, Any],
               compute: dict[str, Any]) -> HostRegion | None:
     """Weights that can point into the file's mapping (host backend, same type and shape, aligned)."""
     backend = compute.get('backend', 'cpu')
@@ -534,15 +541,15 @@ def _mappable(cls: type, gguf: GgufFile, params: dict[str, Any], specs: Mapping[
     return mapped if mapped.tensors else None
 
 
-def _declared_names(cls: type, params: Mapping[str, Any]) -> list[str]:
+def _declared_names(cls: type[GgmlModel], params: Mapping[str, Any]) -> list[str]:
     return [n for attr, t in cls._decl.tensors.items() for n in t.names(attr, params)]
 
 
-def _weight_names(cls: type, params: Mapping[str, Any]) -> list[str]:
+def _weight_names(cls: type[GgmlModel], params: Mapping[str, Any]) -> list[str]:
     return [n for attr, t in cls._decl.tensors.items() if t.role == 'weight' for n in t.names(attr, params)]
 
 
-def _required_weights(cls: type, params: Mapping[str, Any]) -> list[str]:
+def _required_weights(cls: type[GgmlModel], params: Mapping[str, Any]) -> list[str]:
     return [n for attr, t in cls._decl.tensors.items() if t.role == 'weight' and not t.optional
             for n in t.names(attr, params)]
 
@@ -552,8 +559,8 @@ def _listing(names: list[str], limit: int = 12) -> str:
     return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
 
-def _check_params(cls: type, params: dict[str, Any], given: Mapping[str, Any], from_file: Mapping[str, str],
-                  gguf: GgufFile | None, partial: bool = False) -> None:
+def _check_params(cls: type[GgmlModel], params: dict[str, Any], given: Mapping[str, Any],
+                  from_file: Mapping[str, str], gguf: GgufFile | None, partial: bool = False) -> None:
     """Run every declared check; the first failure names the parameter, where its value came from,
     the value and the rule. ``partial``: some parameters are not known yet; a check that needs one
     of them waits for the final pass."""
@@ -579,7 +586,7 @@ def _check_params(cls: type, params: dict[str, Any], given: Mapping[str, Any], f
         raise ValueError(f'{cls.__name__}: {name} = {value!r} ({source}) must be {rule}')
 
 
-def _check_architecture(cls: type, gguf: GgufFile) -> None:
+def _check_architecture(cls: type[GgmlModel], gguf: GgufFile) -> None:
     if not cls.architectures:
         return
     architecture = gguf.get_field(K.ARCHITECTURE, None)
@@ -589,7 +596,7 @@ def _check_architecture(cls: type, gguf: GgufFile) -> None:
                              f'runs: {", ".join(cls.architectures)}')
 
 
-def _check_file_weights(cls: type, gguf: GgufFile, params: dict[str, Any],
+def _check_file_weights(cls: type[GgmlModel], gguf: GgufFile, params: dict[str, Any],
                         strict: bool) -> dict[str, tuple[Any, tuple[int, ...]]]:
     """Every weight the model needs is in the file, in the declared shape; report what is unused.
     Returns the tensor specs (``name -> (type, ggml shape)``) for the file."""
@@ -616,7 +623,7 @@ def _check_file_weights(cls: type, gguf: GgufFile, params: dict[str, Any],
     return specs
 
 
-def _tensor_specs(cls: type, params: dict[str, Any], gguf: GgufFile | None,
+def _tensor_specs(cls: type[GgmlModel], params: dict[str, Any], gguf: GgufFile | None,
                   values: Mapping[str, Any] | None) -> dict[str, tuple[Any, tuple[int, ...]]]:
     """``name -> (type, ggml shape)`` for every tensor to create, resolving names, types, shapes."""
     from .arrays import to_numpy_input

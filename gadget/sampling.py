@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -50,7 +50,8 @@ class SamplingParams:
                 lambda v: v > 0)
 
 
-def _number(name: str, value: object, allowed: str, rule: Callable[[float], bool]) -> None:
+def _number(name: str, value: object, allowed: str,
+            rule: Callable[[float | np.integer | np.floating], object]) -> None:
     ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
           and math.isfinite(value) and rule(value))
     if not ok:
@@ -60,7 +61,7 @@ def _number(name: str, value: object, allowed: str, rule: Callable[[float], bool
 class Sampler:
     """Draws tokens from logits with :class:`SamplingParams`; ``seed`` makes it reproducible."""
 
-    def __init__(self, params: SamplingParams | None = None, seed: int | None = None, **overrides: float):
+    def __init__(self, params: SamplingParams | None = None, seed: int | None = None, **overrides: Any):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or seed < 0):
             raise ValueError(f'seed must be a non-negative integer or None, got {seed!r}')

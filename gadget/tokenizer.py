@@ -311,7 +311,7 @@ def _from_gguf_fields(fields: Mapping[str, Any], where: str) -> Tokenizer:
         vocab = {t: i for i, t in enumerate(spelled)}
         backend = Backend(models.BPE(vocab=vocab, merges=merges or [], dropout=None,
                                      continuing_subword_prefix='', end_of_word_suffix='', fuse_unk=False))
-        split = PRE_TOKENIZER_SPLITS.get(fields.get(K.TOKENIZER_PRE))
+        split = PRE_TOKENIZER_SPLITS.get(fields.get(K.TOKENIZER_PRE, ''))
         if split is None:
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         else:

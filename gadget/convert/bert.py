@@ -22,6 +22,7 @@ import os
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -120,7 +121,7 @@ def _plan_tensors(source: TensorSource, hp: BertHparams, outtype: str) -> list[P
             gtype = OUTTYPES['F32'][0]
         elif name.startswith('token_embd.') and is_quantized(gtype):
             gtype = OUTTYPES['F16'][0]
-        found[key] = Planned(name, shape, gtype, lambda hf_name=hf_name: source.load(hf_name))
+        found[key] = Planned(name, shape, gtype, partial(source.load, hf_name))
     required = list(_EMBEDDING_NAMES.values()) + [
         f'blk.{i}.{n}.{s}' for i in range(hp.n_layer) for n in _LAYER_NAMES.values()
         for s in ('weight', 'bias')]

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,7 @@ def save_streamed(gguf: GgufFile, plan: Sequence[Planned], out_path: Path, progr
             return encoded
 
         for p in plan:
-            gguf.tensors[p.name] = StreamedTensor(p.name, p.type, p.shape, lambda p=p: produce(p))
+            gguf.tensors[p.name] = StreamedTensor(p.name, p.type, p.shape, partial(produce, p))
         gguf.save(out_path)
 
 
@@ -333,10 +334,10 @@ def set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int, bos_token
             # merged token by its merge rank so the order matches the BPE merges.
             scored: set[int] = set()
             for rank, merge in enumerate(_merge_strings(model.get('merges', []))):
-                i = vocab.get(merge.replace(' ', '', 1))
-                if i is not None and i not in added and i not in scored:
-                    scores[i] = -float(rank)
-                    scored.add(i)
+                merged = vocab.get(merge.replace(' ', '', 1))
+                if merged is not None and merged not in added and merged not in scored:
+                    scores[merged] = -float(rank)
+                    scored.add(merged)
         for text, i in vocab.items():
             if i not in added and _BYTE_TOKEN.match(text):
                 types[i] = BYTE

@@ -37,7 +37,7 @@ SIZE = {t: struct.calcsize(fmt) for t, (fmt, _) in SCALAR.items()}
 VALUE_TYPES = frozenset(int(t) for t in GgufType if t.name != 'COUNT')
 U32 = struct.Struct('<I')
 U64 = struct.Struct('<Q')
-DTYPE_TO_GGUF = {np.dtype(dt): t for t, (_, dt) in SCALAR.items()}
+DTYPE_TO_GGUF: dict[np.dtype, GgufType] = {np.dtype(dt): t for t, (_, dt) in SCALAR.items()}
 GGML_TYPES = frozenset(int(t) for t in GgmlType if t.name != 'COUNT' and type_size(t) > 0)
 INT_RANGES = [(GgufType.INT32, -2**31, 2**31 - 1), (GgufType.INT64, -2**63, 2**63 - 1),
                (GgufType.UINT64, 0, 2**64 - 1)]
@@ -161,9 +161,9 @@ def decode_value(buf: memoryview, pos: int, vtype: int) -> tuple[Any, int]:
     count = U64.unpack_from(buf, pos + 4)[0]
     pos += 12
     if etype in SCALAR:
-        dtype = np.dtype(SCALAR[etype][1]).newbyteorder('<')
-        array = np.frombuffer(buf, dtype=dtype, count=count, offset=pos)
-        return array, pos + count * dtype.itemsize
+        element = np.dtype(SCALAR[etype][1]).newbyteorder('<')
+        array = np.frombuffer(buf, dtype=element, count=count, offset=pos)
+        return array, pos + count * element.itemsize
     items = []
     if etype == GgufType.STRING:
         unpack = U64.unpack_from

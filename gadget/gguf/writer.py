@@ -63,5 +63,5 @@ def write(out: BinaryIO, records: list[tuple[str, GgufType, GgufType | None, Any
         if data.nbytes != t.nbytes:
             raise GgufError(f'tensor {t.name!r}: {data.nbytes} bytes of data for {t.nbytes} expected')
         # bytes, not the array's own buffer: the buffer protocol has no format for bfloat16
-        out.write(memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)))
+        out.write(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
         out.write(b'\0' * (-t.nbytes % alignment))

@@ -31,7 +31,7 @@ def _pooling_name(p: dict[str, Any]) -> str:
 
 
 def _weight_type(value: Any, params: Any) -> str | None:
-    return None if value is None else ggml_type_in('F32', 'F16', 'BF16', 'Q8_0')(value)
+    return None if value is None else ggml_type_in('F32', 'F16', 'BF16', 'Q8_0')(value, params)
 
 
 @register('bert')

@@ -104,14 +104,14 @@ class SequenceEncoder(GgmlModel):
         less than half as long as a group's first starts a new group (padding it would cost more
         than a graph of its own)."""
         p = self.params
-        lengths = np.asarray(lengths, dtype=np.int64)
-        order = np.argsort(-lengths, kind='stable')
+        n_tokens = np.asarray(lengths, dtype=np.int64)
+        order = np.argsort(-n_tokens, kind='stable')
         groups: list[np.ndarray] = []
         start = 0
         while start < len(order):
-            n_len = int(lengths[order[start]])
+            n_len = int(n_tokens[order[start]])
             count = max(1, min(p['max_sequences'], p['batch_size'] // n_len, len(order) - start))
-            members = lengths[order[start:start + count]]
+            members = n_tokens[order[start:start + count]]
             apart = np.flatnonzero((members * 2 < n_len) | (self.short(int(n_len)) != (members < SHORT)))
             count = int(apart[0]) if apart.size else count
             groups.append(order[start:start + count])

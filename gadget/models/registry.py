@@ -8,21 +8,24 @@ refused with the list of those that are supported.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from ..errors import ModelFileError
 from ..gguf import GgufFile
 from ..gguf import keys as K
+from ..model import GgmlModel
 
 __all__ = ['ARCHITECTURES', 'register', 'supported', 'model_class_for', 'load_model']
 
 #: ``general.architecture`` -> model class.
-ARCHITECTURES: dict[str, type] = {}
+ARCHITECTURES: dict[str, type[GgmlModel]] = {}
+
+_Class = TypeVar('_Class', bound=type[GgmlModel])
 
 
-def register(*architectures: str) -> Callable[[type], type]:
+def register(*architectures: str) -> Callable[[_Class], _Class]:
     """Class decorator: the class runs files of these architectures (its ``architectures``)."""
-    def decorate(cls: type) -> type:
+    def decorate(cls: _Class) -> _Class:
         for name in architectures:
             if name in ARCHITECTURES and ARCHITECTURES[name] is not cls:
                 raise ValueError(f'architecture {name!r} is already run by {ARCHITECTURES[name].__name__}')
@@ -36,7 +39,7 @@ def supported() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
-def model_class_for(gguf: GgufFile) -> type:
+def model_class_for(gguf: GgufFile) -> type[GgmlModel]:
     """The model class for the file's ``general.architecture``."""
     where = str(gguf.path) if gguf.path else 'the GGUF file'
     architecture = gguf.get_field(K.ARCHITECTURE, None)
@@ -50,11 +53,22 @@ def model_class_for(gguf: GgufFile) -> type:
     return cls
 
 
-def load_model(source: GgufFile | str | os.PathLike, model_class: type | None = None, **kwargs: Any) -> Any:
+def load_model(source: GgufFile | str | os.PathLike, model_class: type[GgmlModel] | None = None,
+               **kwargs: Any) -> Any:
     """The model of a GGUF file (an open :class:`GgufFile` or a path, which the model then owns and
-    closes), of the class its architecture is registered to unless ``model_class`` is given."""
+    closes), of the class its architecture is registered to unless ``model_class`` is given.
+
+    Arguments:
+        source: the file, open or by path.
+        model_class: the :class:`~gadget.model.GgmlModel` subclass to run it with.
+        kwargs: passed to ``model_class.from_gguf`` (parameters, states, ``backend``, ...).
+
+    Returns:
+        An instance of that class: typed ``Any``, since callers use the class's own call signature
+        (a decoder's ``model(tokens)``), which the :class:`GgmlModel` base does not have.
+    """
     owned = not isinstance(source, GgufFile)
-    gguf = GgufFile.from_path(source) if owned else source
+    gguf = source if isinstance(source, GgufFile) else GgufFile.from_path(source)
     try:
         cls = model_class if model_class is not None else model_class_for(gguf)
         return cls.from_gguf(gguf, close_gguf=owned, **kwargs)
