@@ -1,0 +1,171 @@
+"""Text generation speed: gadget's LlamaModel against llama-cpp-python on the same GGUF, same run.
+
+For each: load time, prefill tok/s (a prompt of ``prompt`` tokens), decode tok/s (``gen`` greedy
+tokens), and for gadget the Python time per decoded token (the step's wall time minus GGML's
+compute time). Both libraries are compared like for like: their defaults (attention as matmul +
+softmax), and both with flash attention. They alternate in one process, so both see the same
+machine state. llama-cpp-python builds from source:
+``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .common import alternate, find_peer, markdown_table, median, number, progress_bar, ratio
+
+__all__ = ['TEXT', 'CONTEXT_LENGTH', 'prompt_tokens', 'run_gadget', 'run_llama_cpp', 'run', 'report']
+
+TEXT = ('The history of the printing press begins in the fifteenth century, when Johannes Gutenberg '
+        'combined movable metal type, oil-based ink and a wooden press adapted from wine making. ') * 20
+CONTEXT_LENGTH = 1024
+QUICK = {'repeats': 1, 'prompt': 32, 'gen': 16}
+LLAMA_CPP_INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
+
+
+def prompt_tokens(path: str | os.PathLike, n: int) -> list[int]:
+    """The first ``n`` tokens of :data:`TEXT` in the model's own tokenizer (from the GGUF)."""
+    from ..tokenizer import load_tokenizer
+
+    ids = load_tokenizer(path).encode(TEXT)
+    if len(ids) < n:
+        raise ValueError(f'the benchmark text has {len(ids)} tokens in this model\'s tokenizer, '
+                         f'fewer than the prompt length asked ({n}): ask for a shorter prompt')
+    return [int(t) for t in ids[:n]]
+
+
+def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int, flash_attn: bool) -> dict[str, float]:
+    """Load the model with gadget, prefill ``tokens``, decode ``n_gen`` greedy tokens; return
+    ``load_s``, ``prefill_tps``, ``decode_tps`` and ``python_ms_per_token``."""
+    from ..models import LlamaModel
+
+    start = time.perf_counter()
+    model = LlamaModel.from_path(path, n_threads=threads, context_length=CONTEXT_LENGTH, batch_size=512,
+                                 flash_attn=flash_attn)
+    load = time.perf_counter() - start
+    try:
+        model([tokens[0]])                      # build the decode graph once (warm-up), then start over
+        model.reset()
+        start = time.perf_counter()
+        logits = model(tokens)
+        prefill = time.perf_counter() - start
+        token = int(np.argmax(logits))
+        model([token])                          # the first decode step builds the decode graph
+        model.compute_seconds = 0.0
+        start = time.perf_counter()
+        for _ in range(n_gen):
+            token = int(np.argmax(model([token])))
+        decode = time.perf_counter() - start
+        python_ms = (decode - model.compute_seconds) / n_gen * 1e3
+    finally:
+        model.close()
+    return {'load_s': load, 'prefill_tps': len(tokens) / prefill, 'decode_tps': n_gen / decode,
+            'python_ms_per_token': python_ms}
+
+
+def run_llama_cpp(path: str, tokens: list[int], n_gen: int, threads: int,
+                  flash_attn: bool) -> dict[str, float]:
+    """The same with llama-cpp-python (no Python-time figure: it has no compute-time counter)."""
+    from llama_cpp import Llama
+
+    start = time.perf_counter()
+    llm = Llama(model_path=path, n_ctx=CONTEXT_LENGTH, n_batch=512, n_ubatch=512, n_threads=threads,
+                n_threads_batch=threads, flash_attn=flash_attn, verbose=False)
+    load = time.perf_counter() - start
+    try:
+        llm.eval([tokens[0]])
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tokens)
+        prefill = time.perf_counter() - start
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        llm.eval([token])
+        start = time.perf_counter()
+        for _ in range(n_gen):
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            llm.eval([token])
+        decode = time.perf_counter() - start
+    finally:
+        llm.close()
+    return {'load_s': load, 'prefill_tps': len(tokens) / prefill, 'decode_tps': n_gen / decode}
+
+
+def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 5, prompt: int = 256,
+        gen: int = 128, progress: bool = True) -> dict[str, Any]:
+    """Measure gadget (default and ``flash_attn=True``) and, when installed, llama-cpp-python (the
+    same two), alternating for ``repeats`` rounds; medians.
+
+    Arguments:
+        path: a Llama-architecture GGUF (default: gadget's default model, SmolLM2-135M-Instruct Q4_1).
+
+    Returns ``{'suite': 'textgen', 'settings', 'peers', 'model', 'rows': [{'name', 'library',
+    'flash_attn', 'load_s', 'prefill_tps', 'decode_tps', 'python_ms_per_token'}], 'ratios': [{'mode',
+    'prefill', 'decode', 'load_faster'}]}`` (gadget / llama-cpp-python; no ratios without the peer).
+    """
+    if prompt < 1 or gen < 1 or prompt + gen + 2 > CONTEXT_LENGTH:
+        raise ValueError(f'prompt ({prompt}) and gen ({gen}) must be positive and fit in '
+                         f'{CONTEXT_LENGTH} tokens with the warm-up steps')
+    if path is None:
+        from ..textgen import default_model_path
+        path = default_model_path()
+    path = str(path)
+    tokens = prompt_tokens(path, prompt)
+    peer = find_peer('llama-cpp-python', ['llama_cpp'], 'llama_cpp_python', LLAMA_CPP_INSTALL,
+                     import_first=True)
+    # (name, library, flash_attn, runner); gadget and the peer interleaved, as the table shows them.
+    configs: list[tuple[str, str, bool, Callable[[], dict[str, float]]]] = []
+    for flash in (False, True):
+        mode = '`flash_attn=True`' if flash else '(default)'
+        configs.append((f'gadget {mode}', 'gadget', flash,
+                        functools.partial(run_gadget, path, tokens, gen, threads, flash)))
+        if peer.present:
+            configs.append((f'llama-cpp-python {mode}', 'llama-cpp-python', flash,
+                            functools.partial(run_llama_cpp, path, tokens, gen, threads, flash)))
+    bar = progress_bar(repeats * len(configs), 'textgen', progress)
+    runs = alternate({name: fn for name, _, _, fn in configs}, repeats, bar)
+    bar.close()
+    rows = []
+    for name, library, flash, _ in configs:
+        results = runs[name]
+        row: dict[str, Any] = {'name': name, 'library': library, 'flash_attn': flash}
+        for key in ('load_s', 'prefill_tps', 'decode_tps', 'python_ms_per_token'):
+            row[key] = median(r[key] for r in results) if key in results[0] else None
+        rows.append(row)
+    ratios = []
+    by_key = {(row['library'], row['flash_attn']): row for row in rows}
+    if peer.present:
+        for flash in (False, True):
+            g, p = by_key['gadget', flash], by_key['llama-cpp-python', flash]
+            ratios.append({'mode': 'flash_attn' if flash else 'default',
+                           'prefill': g['prefill_tps'] / p['prefill_tps'],
+                           'decode': g['decode_tps'] / p['decode_tps'],
+                           'load_faster': p['load_s'] / g['load_s']})
+    return {'suite': 'textgen', 'title': 'Text generation',
+            'settings': {'threads': threads, 'repeats': repeats, 'prompt': prompt, 'gen': gen},
+            'model': {'path': path, 'name': Path(path).name}, 'peers': [peer.as_dict()], 'rows': rows,
+            'ratios': ratios}
+
+
+def report(result: dict[str, Any]) -> str:
+    """The table of ``benchmarks/RESULTS.md``'s text-generation sections, from :func:`run`'s result."""
+    s, peer = result['settings'], result['peers'][0]
+    table = markdown_table(['', 'load s', 'prefill tok/s', 'decode tok/s', 'python ms/tok'],
+                           [[r['name'], number(r['load_s'], 3), number(r['prefill_tps']),
+                             number(r['decode_tps']), '' if r['python_ms_per_token'] is None
+                             else number(r['python_ms_per_token'], 3)] for r in result['rows']])
+    if result['ratios']:
+        ratios = markdown_table(['gadget / llama-cpp-python', 'prefill', 'decode', 'load'],
+                                [[q['mode'], ratio(q['prefill']), ratio(q['decode']),
+                                  f"{q['load_faster']:.1f}× faster"] for q in result['ratios']])
+        peers = f"llama-cpp-python {peer['version']}"
+    else:
+        ratios, peers = f"{peer['name']}: {peer['reason']}; gadget only.", 'gadget only'
+    return (f"{result['model']['name']}, {s['threads']} threads, a {s['prompt']}-token prompt, {s['gen']} "
+            f"greedy tokens; gadget and {peers} alternating in one process, median of {s['repeats']}:\n\n"
+            f"{table}\n\n{ratios}")
