@@ -56,6 +56,8 @@ _pending = _Line()
 
 @ffi.def_extern()
 def gadget_log_callback(level: int, text: Any, user_data: Any) -> None:
+    """GGML's log callback (``ggml_log_callback``): one piece of a line of text at ``level``,
+    passed on to the ``gadget.ggml`` logger once the line is complete."""
     # GGML emits lines in pieces; GGML_LOG_LEVEL_CONT continues the previous piece's level.
     if level != lib.GGML_LOG_LEVEL_CONT:
         _pending.level = _LEVELS.get(level, logging.INFO)

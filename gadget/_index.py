@@ -22,6 +22,7 @@ __all__ = ['pip_settings', 'package_locations', 'find_file', 'download', 'sha256
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of the file at ``path`` as hex, read in blocks of 1 MiB."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):

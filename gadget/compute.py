@@ -104,6 +104,8 @@ class GgmlCompute:
         n_threads: CPU threads (default: the cores available to this process).
         graph_size: maximum number of nodes in the graph.
         keep: names of intermediate nodes to preserve for :meth:`get_named_node`.
+        mapped: host memory (e.g. a memory-mapped GGUF file) that the tensors it lists point into
+            instead of getting memory of their own (see :class:`HostRegion`).
     """
 
     def __init__(self, params: Mapping[str, Any], tensors: Mapping[str, tuple[TypeLike, Sequence[int]]],
@@ -200,6 +202,8 @@ class GgmlCompute:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (calls that use the tensors or the graph then raise
+        ClosedError)."""
         return self._closed
 
     def _check_open(self) -> None:

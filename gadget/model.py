@@ -299,6 +299,18 @@ class GgmlModel(GgmlCompute):
 
     Inside ``forward``: ``self.ctx_graph`` (the graph context), ``self.tensors`` (declared tensors;
     ``self.tensors['a', 'b']`` gives a tuple), ``self.params`` and ``self.state``.
+
+    Models are made with :meth:`from_values`, :meth:`from_gguf` or :meth:`from_path`, which resolve
+    the parameters and load the weights; the constructor they call takes:
+
+    Arguments:
+        params: the resolved hyper-parameters (``name -> value``).
+        states: initial values of declared states (the rest take their defaults).
+        gguf: the open file whose tensors declared "as stored" take their type and shape.
+        backend, framework, n_threads: as for :class:`~gadget.compute.GgmlCompute`.
+        values: ``name -> array`` (numpy order), consulted for tensors declared "as stored".
+        compute_kwargs: the other :class:`~gadget.compute.GgmlCompute` arguments (``graph_size``,
+            ``keep``, ``mapped``).
     """
 
     _decl: _Declarations

@@ -56,12 +56,15 @@ class TensorSource:
     """Names, shapes (numpy order) and float32 data of a checkpoint's tensors, read one at a time."""
 
     def names(self) -> list[str]:
+        """The checkpoint's tensor names (Hugging Face names), in its own order."""
         raise NotImplementedError
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name`` in numpy order, without reading its data."""
         raise NotImplementedError
 
     def load(self, name: str) -> np.ndarray:
+        """The data of tensor ``name`` as a float32 numpy array (numpy order)."""
         raise NotImplementedError
 
 
@@ -79,6 +82,8 @@ def optional(module: str, name: str) -> Any:
 
 
 def torch_to_float32(tensor: Any, name: str) -> np.ndarray:
+    """A torch tensor as a float32 numpy array on the CPU (same shape); a tensor on the meta device
+    (no data) is refused naming ``name``."""
     import torch
 
     if tensor.device.type == 'meta':
@@ -122,12 +127,15 @@ class SafetensorsSource(TensorSource):
                 self._where[name] = handle
 
     def names(self) -> list[str]:
+        """The tensor names of every shard, shard by shard."""
         return list(self._where)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name`` in numpy order, read from its shard's header."""
         return tuple(self._where[name].get_slice(name).get_shape())
 
     def load(self, name: str) -> np.ndarray:
+        """Tensor ``name`` read from its shard as float32 (numpy order)."""
         return np.asarray(self._where[name].get_tensor(name), dtype=np.float32)
 
 
@@ -138,12 +146,15 @@ class StateDictSource(TensorSource):
         self._state = state
 
     def names(self) -> list[str]:
+        """The state dict's keys, in its order."""
         return list(self._state)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name`` (torch's order, which is numpy's)."""
         return tuple(self._state[name].shape)
 
     def load(self, name: str) -> np.ndarray:
+        """Tensor ``name`` copied to the CPU as float32 (numpy order)."""
         return torch_to_float32(self._state[name], name)
 
 
@@ -153,6 +164,8 @@ class StateDictSource(TensorSource):
 
 @dataclass
 class Planned:
+    """One tensor of the output file: its name, numpy-order shape and GGML type, and how to load
+    its float32 data (called once, when the file is written)."""
     name: str                                 # llama.cpp's name
     shape: tuple[int, ...]                    # numpy order
     type: GgmlType
@@ -171,11 +184,14 @@ class StreamedTensor(GgufTensor):
         self._produce = produce
 
     @property
-    def array(self) -> np.ndarray:  # not cached, unlike GgufTensor.array
+    def array(self) -> np.ndarray:
+        """The encoded data, produced anew on every access (not cached, unlike GgufTensor.array)."""
         return self._produce()
 
 
 def encode(data: np.ndarray, gtype: GgmlType) -> np.ndarray:
+    """float32 ``data`` (numpy order) as the bytes of a ``gtype`` tensor: quantized blocks (a uint8
+    array of rows) for a quantized type, else a C-contiguous array of the type's numpy dtype."""
     if is_quantized(gtype):
         return quantize(data, gtype)
     return np.ascontiguousarray(data, dtype=numpy_dtype(gtype))
@@ -216,6 +232,9 @@ def check_tensor_names(unknown: Sequence[str], found: Sequence[Planned], require
 
 
 def weight_type(name: str, shape: tuple[int, ...], outtype: str) -> GgmlType:
+    """The GGML type tensor ``name`` of numpy ``shape`` is written as for ``outtype`` (a key of
+    ``OUTTYPES``), as llama.cpp chooses: 1-D tensors stay F32, and Q8_0 falls back to F16 where
+    rows (``shape[-1]``, ggml's ``ne[0]``) are not whole blocks of 32."""
     if len(shape) < 2:
         return GgmlType.F32          # norms, biases and rope_freqs stay F32, as in llama.cpp
     gtype = OUTTYPES[outtype][0]
@@ -380,6 +399,8 @@ def set_tokenizer_fields(gguf: GgufFile, tokenizer: Any, n_vocab: int, bos_token
 
 
 def normalise_outtype(outtype: str) -> str:
+    """``outtype`` as a key of ``OUTTYPES`` (any case: ``'q8_0'`` -> ``'Q8_0'``); a ValueError
+    listing them for any other."""
     key = str(outtype).upper()
     if key not in OUTTYPES:
         raise ValueError(f'unknown outtype {outtype!r}; choose one of {", ".join(OUTTYPES)}')
@@ -387,6 +408,8 @@ def normalise_outtype(outtype: str) -> str:
 
 
 def load_tokenizer(folder: Path) -> Any:
+    """The transformers tokenizer saved in ``folder`` (offline: ``local_files_only``); a
+    FileNotFoundError when the folder has no tokenizer files."""
     AutoTokenizer = optional('transformers', 'AutoTokenizer')
 
     files = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json')

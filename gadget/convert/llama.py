@@ -85,6 +85,7 @@ class LlamaHparams:
 
     @property
     def rope_type(self) -> str:
+        """The checkpoint's RoPE scaling type (``'default'``, ``'llama3'``, ``'linear'``, ...)."""
         return str(self.rope.get('rope_type', self.rope.get('type', 'default')))
 
 

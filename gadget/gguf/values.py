@@ -53,25 +53,30 @@ class Cursor:
         self.buf, self.pos, self.end, self.path = buf, 0, len(buf), path
 
     def fail(self, what: str, at: int | None = None) -> GgufError:
+        """The error to raise for ``what``, naming the file and byte offset ``at`` (default: here)."""
         return GgufError(f'{self.path}: {what} (at byte offset {self.pos if at is None else at})')
 
     def need(self, n: int, what: str) -> None:
+        """Refuse (truncated file) unless ``n`` more bytes remain for ``what``."""
         if n < 0 or self.pos + n > self.end:
             raise self.fail(f'truncated file: {what} needs {n} bytes, {self.end - self.pos} remain')
 
     def u32(self, what: str) -> int:
+        """Read a little-endian uint32 and move past it."""
         self.need(4, what)
         value = U32.unpack_from(self.buf, self.pos)[0]
         self.pos += 4
         return value
 
     def u64(self, what: str) -> int:
+        """Read a little-endian uint64 and move past it."""
         self.need(8, what)
         value = U64.unpack_from(self.buf, self.pos)[0]
         self.pos += 8
         return value
 
     def string(self, what: str) -> bytes:
+        """Read a GGUF string (uint64 length, then the bytes) as raw bytes and move past it."""
         start = self.pos
         n = self.u64(f'length of {what}')
         if n > self.end - self.pos:
@@ -144,6 +149,7 @@ class Cursor:
 
 
 def decode_str(raw: bytes) -> str:
+    """The text of a GGUF string value; invalid UTF-8 bytes are kept as surrogates."""
     # surrogateescape keeps invalid UTF-8 bytes, so a read-modify-write round trip is exact.
     return raw.decode('utf-8', 'surrogateescape')
 
@@ -189,6 +195,8 @@ class Field:
 
 
 def as_gguf_type(value: GgufType | str | int | None) -> GgufType | None:
+    """A GGUF value type from a ``GgufType``, its name (any case: ``'uint32'``) or its number;
+    None stays None ("infer it")."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -201,6 +209,9 @@ def as_gguf_type(value: GgufType | str | int | None) -> GgufType | None:
 
 
 def infer(value: Any, name: str) -> GgufType:
+    """The GGUF type a value of field ``name`` is stored as: bools BOOL, numpy scalars of a GGUF
+    dtype that type, other integers the first of INT32, INT64, UINT64 that holds them, floats
+    FLOAT32, str/bytes STRING, lists, tuples and numpy arrays ARRAY."""
     if isinstance(value, (bool, np.bool_)):
         return GgufType.BOOL
     if isinstance(value, np.generic) and value.dtype in DTYPE_TO_GGUF:
@@ -222,6 +233,10 @@ def infer(value: Any, name: str) -> GgufType:
 
 def normalise(value: Any, vtype: GgufType | None, etype: GgufType | None,
                name: str) -> tuple[GgufType, GgufType | None, Any]:
+    """Validate ``value`` of field ``name`` for GGUF type ``vtype`` (and array element type
+    ``etype``; None: inferred) and return ``(vtype, etype, value)`` in the form the writer packs:
+    a Python scalar, a str, a 1-D little-endian numpy array of scalars, or a list of strings or
+    of nested arrays. A value GGUF cannot hold raises GgufError naming the field."""
     if vtype is None:
         vtype = infer(value, name)
     if vtype == GgufType.ARRAY:
@@ -304,6 +319,7 @@ def check_utf8(text: str, what: str) -> None:
 
 
 def encode_name(name: str, kind: str) -> bytes:
+    """A field or tensor name (``kind``) as UTF-8 bytes; a GgufError when it is not valid UTF-8."""
     try:
         return name.encode('utf-8')
     except UnicodeEncodeError as exc:
@@ -321,10 +337,12 @@ def new_file_mode(path: Path) -> int:
 
 
 def pack_string(raw: bytes) -> bytes:
+    """A GGUF string: the uint64 length, then the bytes."""
     return U64.pack(len(raw)) + raw
 
 
 def pack_value(out: bytearray, vtype: GgufType, etype: GgufType | None, value: Any, name: str) -> None:
+    """Append the GGUF encoding of a normalised ``value`` (see :func:`normalise`) to ``out``."""
     if vtype in SCALAR:
         try:
             out += struct.pack(SCALAR[vtype][0], value)
@@ -352,6 +370,8 @@ def pack_value(out: bytearray, vtype: GgufType, etype: GgufType | None, value: A
 
 
 def abbreviate(value: Any, n: int) -> str:
+    """A short display of a field value: at most ``n`` items of an array (with the count of the
+    rest and the length), or a repr cut to 80 characters."""
     if isinstance(value, np.ndarray):
         items = value[:n].tolist()
         more = len(value) - len(items)

@@ -80,6 +80,9 @@ class BertModel(SequenceEncoder):
     out_norm_b: Tensor('F32', ('n_embd',), name='blk.{i}.layer_output_norm.bias', repeat='n_layer')
 
     def forward(self) -> Any:
+        """The encoder graph: post-norm BERT layers over ``n_seq`` sequences of ``n_len`` tokens
+        (the states), returning the hidden states ``(n_embd, n_len * n_seq)`` in ggml order, which
+        :meth:`~gadget.models.encoder.SequenceEncoder.embed` reads back and pools."""
         ctx, p, T = self.ctx_graph, self.params, self.tensors
         n_len, n_seq, n_embd, head_dim = self.state['n_len'], self.state['n_seq'], p['n_embd'], p['head_dim']
         n_tokens = n_len * n_seq

@@ -97,7 +97,7 @@ class CachedDecoder(GgmlModel):
 
     def __call__(self, tokens: Any, all_logits: bool = False) -> np.ndarray:  # type: ignore[override]
         """Evaluate ``tokens`` after the cached ones; return the last position's logits (n_vocab,)
-        or, with ``all_logits``, every new position's (n_tokens, n_vocab)."""
+        or, with ``all_logits``, every new position's (n_tokens, n_vocab), numpy order, float32."""
         ids = token_ids(tokens, self.params['n_vocab'])
         with self.lock:                        # one call at a time; close() waits for it
             self._check_open()

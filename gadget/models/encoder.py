@@ -122,8 +122,9 @@ class SequenceEncoder(GgmlModel):
               progress: Callable[[int], None] | None = None) -> Any:
         """Encode token sequences (each a 1-D sequence of ids, ``[CLS] ... [SEP]`` included).
 
-        Returns a float32 array ``(len(sequences), n_embd)`` of pooled vectors in input order, or
-        with ``pooling='none'`` a list of ``(n_tokens_i, n_embd)`` arrays, one per sequence.
+        Returns a float32 array ``(len(sequences), n_embd)`` (numpy order) of pooled vectors in
+        input order, or with ``pooling='none'`` a list of ``(n_tokens_i, n_embd)`` arrays, one per
+        sequence.
         ``pooling`` defaults to the file's (``default_pooling``). Sequences are grouped by
         :meth:`batches`, one graph each; ``progress(n)`` is called after each group of ``n``.
         """

@@ -30,7 +30,9 @@ def linear(ctx: Any, x: Any, weight: Any, bias: Any, name: str) -> Any:
 
 
 def swiglu_feed_forward(ctx: Any, x: Any, *, up: Any, gate: Any, down: Any, name: str) -> Any:
-    """``down @ (silu(gate @ x) * (up @ x))``: the Llama feed-forward block."""
+    """``down @ (silu(gate @ x) * (up @ x))``: the Llama feed-forward block, in ggml order ``x``
+    (n_embd, n_tokens), ``up`` and ``gate`` (n_embd, n_ff), ``down`` (n_ff, n_embd); returns
+    (n_embd, n_tokens)."""
     g = G.ggml_mul_mat(ctx, gate, x, name=f'{name}_gate')          # (n_ff, n_tokens)
     u = G.ggml_mul_mat(ctx, up, x, name=f'{name}_up')              # (n_ff, n_tokens)
     h = G.ggml_swiglu_split(ctx, g, u, name=f'{name}_act')         # silu(g) * u
@@ -109,18 +111,20 @@ def attention(ctx: Any, q: Any, keys: Any, *, values: Any = None, values_t: Any 
         values: (head_dim, n_kv, n_head_kv), or values_t: (n_kv, head_dim, n_head_kv) (transposed,
             what the unfused product reads; made from ``values`` when not given).
         mask: F16 or F32 (n_kv, n_tokens): 0 where a query may attend, -inf elsewhere.
-
-    Every argument may have a fourth dimension, ``n_seq``: independent sequences side by side
-    (q (head_dim, n_head, n_tokens, n_seq), keys (head_dim, n_kv, n_head_kv, n_seq), mask
-    (n_kv, n_tokens, 1, n_seq)), attending only within themselves; the result is then
-    (head_dim * n_head, n_tokens * n_seq).
+        scale: the factor of the scores, usually ``1 / sqrt(head_dim)``.
+        name: the prefix of the nodes made here.
         fused: GGML's flash attention (``ggml_flash_attn_ext``; needs ``values``); ``False``:
             matmul, softmax, matmul (llama.cpp's path without flash attention, with its numerics).
         scores: (unfused only) make the scaled, masked pre-softmax scores a node of their own,
             ``{name}_scores`` ((n_kv, n_tokens, n_head)), instead of folding scale and mask into
             the softmax.
 
-    Returns (head_dim * n_head, n_tokens).
+    Every argument may have a fourth dimension, ``n_seq``: independent sequences side by side
+    (q (head_dim, n_head, n_tokens, n_seq), keys (head_dim, n_kv, n_head_kv, n_seq), mask
+    (n_kv, n_tokens, 1, n_seq)), attending only within themselves; the result is then
+    (head_dim * n_head, n_tokens * n_seq).
+
+    Returns (head_dim * n_head, n_tokens), in ggml order like every shape here.
     """
     if fused and values is None:
         raise ValueError('flash attention reads plain values: a transposed V (values_t) needs fused=False')

@@ -36,6 +36,7 @@ def register(*architectures: str) -> Callable[[_Class], _Class]:
 
 
 def supported() -> list[str]:
+    """The architectures a registered class runs, sorted (``['bert', 'llama']``)."""
     return sorted(ARCHITECTURES)
 
 
