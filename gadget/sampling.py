@@ -59,7 +59,14 @@ def _number(name: str, value: object, allowed: str,
 
 
 class Sampler:
-    """Draws tokens from logits with :class:`SamplingParams`; ``seed`` makes it reproducible."""
+    """Draws tokens from logits with :class:`SamplingParams`; ``seed`` makes it reproducible.
+
+    Arguments:
+        params: the settings (default: ``SamplingParams()``).
+        seed: the seed of the numpy generator (None: fresh entropy).
+        overrides: fields of :class:`SamplingParams` that replace those of ``params``
+            (``Sampler(params, temperature=0)``), validated like them.
+    """
 
     def __init__(self, params: SamplingParams | None = None, seed: int | None = None, **overrides: Any):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
