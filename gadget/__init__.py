@@ -26,7 +26,7 @@ _LAZY = {
     'GgmlCompute': 'compute', 'GgmlModel': 'model', 'Parameter': 'model', 'Tensor': 'model',
     'State': 'model', 'Input': 'model', 'Buffer': 'model', 'GgufFile': 'gguf', 'LlamaModel': 'models',
     'BertModel': 'models', 'TextGen': 'textgen', 'TextChat': 'textgen', 'EmbedNumpy': 'embed',
-    'EmbedTorch': 'embed',
+    'EmbedTorch': 'embed', 'ShrekGen': 'shrek', 'ShrekChat': 'shrek',
 }
 
 __all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError',

@@ -110,6 +110,39 @@ class Sampler:
             probs[order[n_keep:]] = 0.0
         return probs / probs.sum()
 
+    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens :meth:`probabilities` keeps and their probabilities, most likely first (ties by
+        token id), without sorting the vocabulary: for ``top_k`` >= 1, temperature > 0 and no
+        repetition penalty, in time linear in the vocabulary. Equal to ``probabilities(logits)`` at
+        those ids (to rounding of the final normalisation); every other token has probability 0
+        (and tokens of probability 0 are not returned)."""
+        p = self.params
+        if not (p.top_k >= 1 and p.temperature > 0 and p.repetition_penalty == 1.0):
+            raise ValueError('candidates() needs top_k >= 1, temperature > 0 and no repetition penalty, '
+                             f'got {p}')
+        logits = np.asarray(logits, dtype=np.float32)
+        probs = softmax(logits / p.temperature)
+        if p.min_p > 0:
+            probs[probs < p.min_p * probs.max()] = 0.0
+        live = np.flatnonzero(probs)       # ascending ids; zeros (min_p's, underflow) stay out
+        k = int(p.top_k)
+        if k < live.size:
+            values = probs[live]
+            kth = np.partition(values, values.size - k)[values.size - k]     # the k-th largest value
+            above = live[values > kth]
+            ties = live[values == kth][:k - above.size]                      # lowest ids first, as sorted
+            chosen = np.concatenate([above, ties])
+            chosen.sort()
+        else:
+            chosen = live
+        order = chosen[np.argsort(-probs[chosen], kind='stable')]
+        kept = probs[order]
+        if p.top_p < 1.0:
+            mass = np.cumsum(kept)
+            n_keep = int(np.searchsorted(mass, p.top_p * mass[-1]) + 1)
+            order, kept = order[:n_keep], kept[:n_keep]
+        return order, kept / kept.sum()
+
     def __call__(self, logits: np.ndarray, context: Iterable[int] = ()) -> int:
         """One token id drawn from ``logits`` (numpy ``(n_vocab,)``) given the ``context`` ids."""
         if self.params.temperature == 0:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -154,8 +154,12 @@ class TextGen:
 
     def sample(self, logits: np.ndarray, **kwargs: Any) -> int:
         """One token from ``logits`` with this call's sampling settings (see the module docstring)."""
-        sampler = _sampler(kwargs, self.defaults)
-        return sampler(logits, self.history)
+        return self._make_sampler(kwargs)(logits, self.history)
+
+    def _make_sampler(self, kwargs: dict[str, Any]) -> Callable[[np.ndarray, Sequence[int]], int]:
+        """The sampler of one generation, from its keywords: called as ``sampler(logits, context)``
+        with the logits of the last evaluation, it returns the next token."""
+        return _sampler(kwargs, self.defaults)
 
     # --- generation -----------------------------------------------------------------------------
 
@@ -166,13 +170,14 @@ class TextGen:
         ``'length'``), or at an end-of-generation token (``'stop'``). A prompt that does not fit in
         the context raises :class:`~gadget.errors.ContextOverflowError` before anything is computed.
         """
-        sampler = _sampler(kwargs, self.defaults)
+        sampler = self._make_sampler(kwargs)
         if isinstance(max_gen, bool) or not isinstance(max_gen, (int, np.integer)) or max_gen < 0:
             raise ValueError(f'max_gen must be an integer >= 0, got {max_gen!r}')
         tokens = [int(t) for t in tokens]
         return self._generate_tokens(tokens, int(max_gen), sampler)
 
-    def _generate_tokens(self, tokens: list[int], max_gen: int, sampler: Sampler) -> Iterator[int]:
+    def _generate_tokens(self, tokens: list[int], max_gen: int,
+                         sampler: Callable[[np.ndarray, Sequence[int]], int]) -> Iterator[int]:
         if not self._busy.acquire(blocking=False):
             raise self._busy_error()    # (checking locked() first would race with its release)
         self.finish_reason = None
