@@ -24,8 +24,8 @@ import numpy as np
 
 from .common import Peer, find_peer, in_subprocess, markdown_table, median, number, progress_bar, ratio
 
-__all__ = ['WORDS', 'WORKLOADS', 'QUICK_WORKLOADS', 'LIBRARIES', 'texts', 'resolve_model', 'make_runner',
-           'worker', 'run', 'report']
+__all__ = ['WORDS', 'WORKLOADS', 'QUICK_WORKLOADS', 'QUICK', 'LIBRARIES', 'texts', 'resolve_model',
+           'make_runner', 'worker', 'run', 'report']
 
 WORDS = ('time person year way day thing man world life hand part child eye woman place work week case point '
          'government company number group problem fact be have do say get make go know take see come think '
@@ -40,7 +40,8 @@ WORDS = ('time person year way day thing man world life hand part child eye woma
 WORKLOADS = (('short', 'sentences', 256, 15, 1), ('long', 'texts', 64, 118, 2))
 QUICK_WORKLOADS = (('short', 'sentences', 32, 15, 1), ('long', 'texts', 8, 118, 2))
 LIBRARIES = ('gadget F32', 'gadget BF16', 'sentence-transformers', 'llama-cpp-python')
-QUICK = {'rounds': 1, 'runs': 1, 'workloads': QUICK_WORKLOADS}
+# What --quick runs: small sizes, 1-2 repeats.
+QUICK: dict[str, Any] = {'rounds': 1, 'runs': 1, 'workloads': QUICK_WORKLOADS}
 LLAMA_CPP_INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
 
 

@@ -14,9 +14,10 @@ from typing import Any
 from ..gguf import GgufFile
 from .common import find_peer, markdown_table, number, progress_bar, ratio, time_median
 
-__all__ = ['gadget_list', 'ggufpy_list', 'run', 'report']
+__all__ = ['QUICK', 'gadget_list', 'ggufpy_list', 'run', 'report']
 
-QUICK = {'repeats': 1}
+# What --quick runs: small sizes, 1-2 repeats.
+QUICK: dict[str, Any] = {'repeats': 1}
 
 
 def gadget_list(path: str | os.PathLike, decode: bool) -> int:

@@ -18,15 +18,16 @@ from .. import ggml as G
 from ..ggml import ffi, lib
 from .common import find_peer, in_subprocess, markdown_table, median, number, numpy_blas, progress_bar, ratio
 
-__all__ = ['WEIGHT_TYPES', 'CALLS', 'op_call_overhead', 'ggml_matmul_gflops', 'numpy_matmul_gflops', 'run',
-           'report']
+__all__ = ['WEIGHT_TYPES', 'CALLS', 'QUICK', 'op_call_overhead', 'ggml_matmul_gflops',
+           'numpy_matmul_gflops', 'run', 'report']
 
 WEIGHT_TYPES = ('F32', 'F16', 'BF16', 'Q8_0', 'Q4_0')
 # What each op-call figure measures, as the table names it.
 CALLS = {'bare': 'bare `lib.ggml_add` (cffi, no validation)',
          'guarded': '`gadget.ggml.ggml_add` (C guard: abort-to-exception, pre-checks)',
          'named': "`gadget.ggml.ggml_add(..., name='h')`"}
-QUICK = {'repeats': 2, 'size': 256}
+# What --quick runs: small sizes, 1-2 repeats.
+QUICK: dict[str, Any] = {'repeats': 2, 'size': 256}
 
 
 def _context(mem: int, no_alloc: bool) -> Any:

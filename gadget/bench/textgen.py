@@ -20,12 +20,13 @@ import numpy as np
 
 from .common import alternate, find_peer, markdown_table, median, number, progress_bar, ratio
 
-__all__ = ['TEXT', 'CONTEXT_LENGTH', 'prompt_tokens', 'run_gadget', 'run_llama_cpp', 'run', 'report']
+__all__ = ['TEXT', 'CONTEXT_LENGTH', 'QUICK', 'prompt_tokens', 'run_gadget', 'run_llama_cpp', 'run', 'report']
 
 TEXT = ('The history of the printing press begins in the fifteenth century, when Johannes Gutenberg '
         'combined movable metal type, oil-based ink and a wooden press adapted from wine making. ') * 20
 CONTEXT_LENGTH = 1024
-QUICK = {'repeats': 1, 'prompt': 32, 'gen': 16}
+# What --quick runs: small sizes, 1-2 repeats.
+QUICK: dict[str, Any] = {'repeats': 1, 'prompt': 32, 'gen': 16}
 LLAMA_CPP_INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
 
 
