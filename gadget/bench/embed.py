@@ -78,7 +78,9 @@ def resolve_model(model: str | os.PathLike | None, folder_for_gguf: Path) -> tup
     model = Path(model)
     if model.is_dir():
         from ..convert.bert import convert_bert
-        return convert_bert(model, folder_for_gguf / f'{model.name}-f32.gguf', outtype='F32',
+        from ..embed import DEFAULT_EMBEDDING_MODEL
+        name = DEFAULT_EMBEDDING_MODEL if model == package_folder() else model.name
+        return convert_bert(model, folder_for_gguf / f'{name}.F32.gguf', outtype='F32', name=name,
                             progress=False), model
     if not model.is_file():
         raise FileNotFoundError(f'no such embedding model: {model} (give a GGUF file or a '
@@ -146,9 +148,10 @@ def run(model: str | os.PathLike | None = None, threads: int = 2, rounds: int = 
         model: see :func:`resolve_model` (default: all-MiniLM-L6-v2).
         workloads: :data:`WORKLOADS` or :data:`QUICK_WORKLOADS`.
 
-    Returns ``{'suite': 'embed', 'settings', 'peers', 'model', 'workloads': [{'key', 'texts',
-    'tokens', 'rows': [{'library', 'texts_per_s', 'tokens_per_s', 'vs_sentence_transformers',
-    'min_cosine_vs_st'}]}]}`` (the last two None without sentence-transformers). A peer whose
+    Returns ``{'suite': 'embed', 'settings', 'peers', 'model': {'name', 'gguf', 'folder'},
+    'workloads': [{'key', 'noun', 'texts', 'tokens', 'rows': [{'library', 'texts_per_s', 'tokens_per_s',
+    'vs_sentence_transformers', 'min_cosine_vs_st'}]}]}`` (the last two None without
+    sentence-transformers). A peer whose
     process fails is reported absent with its error; gadget's failing is an error.
     """
     with tempfile.TemporaryDirectory(prefix='gadget-bench-embed-') as tmp_name:
@@ -200,7 +203,9 @@ def run(model: str | os.PathLike | None = None, threads: int = 2, rounds: int = 
                 results.append({'key': key, 'noun': noun, 'texts': n, 'tokens': n_tokens, 'rows': rows})
     return {'suite': 'embed', 'title': 'Embeddings',
             'settings': {'threads': threads, 'rounds': rounds, 'runs': runs},
-            'model': {'gguf': str(gguf), 'folder': None if folder is None else str(folder)},
+            'model': {'name': gguf.name, 'folder': None if folder is None else str(folder),
+                      # a GGUF converted from the folder for this run is gone by now
+                      'gguf': None if gguf.parent == tmp else str(gguf)},
             'peers': [p.as_dict() for p in peers.values()], 'workloads': results}
 
 
@@ -209,7 +214,7 @@ def report(result: dict[str, Any]) -> str:
     s = result['settings']
     peers = '; '.join(f"{p['name']} {p['version']}" if p['present'] else f"{p['name']}: {p['reason']}"
                       for p in result['peers'])
-    parts = [f"{Path(result['model']['gguf']).name}, {plural(s['threads'], 'thread')}; each library in its "
+    parts = [f"{result['model']['name']}, {plural(s['threads'], 'thread')}; each library in its "
              f"own process, {plural(s['rounds'], 'alternating round')} of {plural(s['runs'], 'timed run')}: "
              f"medians. {peers}."]
     for w in result['workloads']:
