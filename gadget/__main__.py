@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -31,16 +31,45 @@ def _info(_args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .errors import GgufError
     from .gguf import GgufFile
 
-    try:
-        with GgufFile.from_path(args.file) as gguf:
+    with GgufFile.from_path(args.file) as gguf:
+        if not args.json:
             print(gguf.describe(max_items=args.items))
-    except (GgufError, OSError) as exc:
-        print(f'gadget inspect: {exc}', file=sys.stderr)
-        return 1
+            return 0
+        import json
+        document = dict(
+            path=str(gguf.path), version=gguf.version, alignment=gguf.alignment,
+            fields={name: dict(type=_field_type(gguf, name), value=_jsonable(gguf.get_field(name)))
+                    for name in gguf.fields},
+            tensors=[dict(name=t.name, type=t.type.name, shape=list(t.shape), nbytes=t.nbytes,
+                          offset=gguf.tensor_file_offset(t.name)) for t in gguf.tensors.values()])
+        json.dump(document, sys.stdout, ensure_ascii=False)
+        print()
     return 0
+
+
+def _field_type(gguf: Any, name: str) -> str:
+    kind = gguf.get_field_type(name).name
+    element = gguf.get_field_element_type(name)
+    return f'{kind}[{element.name}]' if element is not None else kind
+
+
+def _jsonable(value: Any) -> Any:
+    """A GGUF value as JSON: numpy arrays as lists; NaN and infinities (JSON has none) as strings."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -48,21 +77,31 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--tokenizer', help='folder with a tokenizer.json, or a Hugging Face id '
                         '(needs transformers); default: from the GGUF')
     parser.add_argument('--max-gen', '-n', type=int, default=128, help='tokens to generate at most')
-    parser.add_argument('--temperature', '-t', type=float, default=0.7, help='0 = greedy')
-    parser.add_argument('--top-k', type=int, default=0)
-    parser.add_argument('--top-p', type=float, default=1.0)
-    parser.add_argument('--min-p', type=float, default=0.0)
-    parser.add_argument('--repetition-penalty', type=float, default=1.0)
-    parser.add_argument('--seed', type=int, default=None)
+    parser.add_argument('--sampler', choices=['default', 'shrek'], default='default',
+                        help="'shrek': entropy-aware sampling (gadget.shrek), which adjusts the settings "
+                        'below at every token from the model\'s uncertainty')
+    parser.add_argument('--temperature', '-t', type=float, default=None,
+                        help='0 = greedy (default 0.7; shrek: 0.666, > 0)')
+    parser.add_argument('--top-k', type=int, default=None, help='0 = off (default 0; shrek: 27, >= 1)')
+    parser.add_argument('--top-p', type=float, default=None, help='1 = off (default 1; shrek: 0.9)')
+    parser.add_argument('--min-p', type=float, default=None, help='0 = off (default 0)')
+    parser.add_argument('--repetition-penalty', type=float, default=None, help='1 = off (default; not shrek)')
+    parser.add_argument('--seed', type=int, default=None, help='the same seed gives the same text')
     parser.add_argument('--threads', type=_positive_int, default=None,
                         help='CPU threads (default: all cores)')
     parser.add_argument('--context', type=_positive_int, default=None, help='context length (KV cache size)')
     parser.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
 
 
+_SAMPLING = ('temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty')
+
+
 def _sampling_args(args: argparse.Namespace) -> dict:
-    return dict(max_gen=args.max_gen, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    """The sampling keywords given on the command line (the front end's defaults for the rest)."""
+    kwargs = {k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None}
+    if args.sampler == 'shrek' and 'repetition_penalty' in kwargs:
+        raise ValueError('--repetition-penalty does not apply to --sampler shrek')
+    return dict(kwargs, max_gen=args.max_gen, seed=args.seed)
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
@@ -102,9 +141,11 @@ def _user_errors(command: str, run: Command) -> Command:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .shrek import ShrekGen
     from .textgen import TextGen
 
-    with TextGen(args.model, args.tokenizer, **_model_kwargs(args)) as gen:
+    front: type[TextGen] = ShrekGen if args.sampler == 'shrek' else TextGen
+    with front(args.model, args.tokenizer, **_model_kwargs(args)) as gen:
         chunks = gen.stream(args.prompt, stop=args.stop or (), **_sampling_args(args))   # checks first
         print(args.prompt, end='', flush=True)
         for chunk in chunks:
@@ -114,9 +155,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    from .shrek import ShrekChat
     from .textgen import TextChat
 
-    with TextChat(args.model, args.tokenizer, system=args.system, **_model_kwargs(args)) as chat:
+    front: type[TextChat] = ShrekChat if args.sampler == 'shrek' else TextChat
+    with front(args.model, args.tokenizer, system=args.system, **_model_kwargs(args)) as chat:
         prompts = [args.message] if args.message else None
         while True:
             if prompts is not None:
@@ -174,54 +217,156 @@ def _embed(args: argparse.Namespace) -> int:
     kwargs = dict(model_id=args.tokenizer, pooling=args.pooling, normalize=not args.no_normalize,
                   batch_size=args.batch_size, max_length=args.max_length, truncate=not args.no_truncate,
                   weight_type=args.weight_type, backend=args.backend, n_threads=args.threads)
+    if args.json and args.output:
+        raise ValueError('--json and --output both say where the vectors go: give one')
     with EmbedNumpy(args.model, **kwargs) as embedder:
         vectors = embedder.embed(texts, progress=len(texts) >= 100 and not args.quiet)
+        pooling, normalized = embedder.pooling, embedder.normalize
+        gguf = embedder.model.gguf
+        model = str(gguf.path) if gguf is not None and gguf.path is not None else str(args.model)
     if args.pooling == 'none':
         if args.output:
             raise ValueError('--pooling none gives one array per text: write them as JSON lines '
                              '(no --output)')
-        for text, v in zip(texts, vectors):
-            print(json.dumps({'text': text, 'tokens': v.tolist()}, ensure_ascii=False))
+        rows = [v.tolist() for v in vectors]
+        if args.json:
+            json.dump(dict(model=model, pooling='none', texts=texts, tokens=rows), sys.stdout,
+                      ensure_ascii=False)
+            print()
+            return 0
+        for text, row in zip(texts, rows):
+            print(json.dumps({'text': text, 'tokens': row}, ensure_ascii=False))
         return 0
     if args.output:
         np.save(args.output, vectors)
         print(f'wrote {args.output}: {vectors.shape[0]} vectors of {vectors.shape[1]} float32',
               file=sys.stderr)
         return 0
+    if args.json:
+        json.dump(dict(model=model, dimensions=int(vectors.shape[1]), pooling=pooling, normalized=normalized,
+                       texts=texts, embeddings=vectors.tolist()), sys.stdout, ensure_ascii=False)
+        print()
+        return 0
     for text, v in zip(texts, vectors):
         print(json.dumps({'text': text, 'embedding': v.tolist()}, ensure_ascii=False))
     return 0
 
 
+def _graph(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from .models import load_model
+
+    output = Path(args.output)
+    fmt = output.suffix.lower().lstrip('.')
+    if fmt not in ('dot', 'gv') + _RENDERED:
+        raise ValueError(f'-o {output}: the suffix names the format, one of .dot, .gv, '
+                         f'{", ".join("." + f for f in _RENDERED)}')
+    dot = shutil.which('dot')
+    if fmt in _RENDERED and dot is None:
+        raise RuntimeError(f"Graphviz's `dot` is needed to render .{fmt} and is not on PATH: install "
+                           'Graphviz (apt install graphviz, brew install graphviz, conda install graphviz), '
+                           f'or write the graph itself with -o {output.with_suffix(".dot")}')
+    kwargs: dict[str, Any] = dict(context_length=args.context)
+    if args.layers:
+        kwargs['n_layer'] = args.layers
+    with load_model(args.model, **kwargs) as model:
+        n_layer = model.params.get('n_layer')
+        model.ensure_graph()
+        n_nodes = model.n_nodes()
+        if fmt in _RENDERED:
+            assert dot is not None        # (checked above, before the model loaded)
+            with tempfile.TemporaryDirectory() as tmp:
+                source = model.graph_dot(Path(tmp) / 'graph.dot')
+                done = subprocess.run([dot, f'-T{fmt}', str(source), '-o', str(output)],
+                                      capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f'dot failed ({done.returncode}): {done.stderr.strip()[-300:]}')
+        else:
+            model.graph_dot(output)
+    layers = f', {n_layer} layer{"s" * (n_layer != 1)}' if n_layer is not None else ''
+    print(f'wrote {output}: {type(model).__name__} graph, {n_nodes} nodes{layers} '
+          f'(one {"token" if hasattr(model, "n_past") else "batch"}; shapes in ggml order)', file=sys.stderr)
+    return 0
+
+
+_RENDERED = ('svg', 'png', 'pdf')
+
+_EXAMPLES = {
+    'info': ['gadget info'],
+    'inspect': ['gadget inspect model.gguf', 'gadget inspect model.gguf --items 20',
+                "gadget inspect model.gguf --json | python -c \"import json,sys; "
+                "print(json.load(sys.stdin)['fields']['general.architecture']['value'])\""],
+    'generate': ['gadget generate "The capital of France is" --temperature 0 -n 16',
+                 'gadget generate "Once upon a time" -n 64 --top-p 0.95 --seed 1 --stop "\\n\\n"',
+                 'gadget generate "Once upon a time" --sampler shrek --seed 1',
+                 'gadget generate "Hello" --model model.gguf --threads 4 --context 2048'],
+    'chat': ['gadget chat                                  (interactive; /reset, /exit)',
+             'gadget chat --message "Name three rivers." --system "Answer briefly."',
+             'gadget chat --sampler shrek --seed 3 --message "Tell me a story."'],
+    'embed': ['gadget embed "A cat sits on the mat." "Dogs run in the park."',
+              'gadget embed --file sentences.txt -o vectors.npy',
+              'cat sentences.txt | gadget embed > vectors.jsonl',
+              'gadget embed "one text" --json'],
+    'convert': ['gadget convert path/to/hf-checkpoint model.F16.gguf',
+                'gadget convert path/to/all-MiniLM-L6-v2 minilm.F32.gguf --outtype F32'],
+    'graph': ['gadget graph model.gguf -o graph.svg        (the first 2 layers; needs Graphviz)',
+              'gadget graph model.gguf -o graph.dot --layers 0   (every layer, dot source only)'],
+}
+
+
+def _parser(commands: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand's parser with its examples as the --help epilog."""
+    epilog = 'examples:\n' + '\n'.join(f'  {line}' for line in _EXAMPLES[name]) if name in _EXAMPLES else None
+    return commands.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + '.',
+                               epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='gadget', description='Build and run GGML models.')
-    commands = parser.add_subparsers(dest='command', required=True)
-    commands.add_parser('info', help='versions, devices and CPU features of this build').set_defaults(
-        run=_info)
-    inspect = commands.add_parser('inspect', help='print the fields and tensor table of a GGUF file')
+    """The ``gadget`` command; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog='gadget',
+        description='Build and run GGML models: generate text, chat, embed, inspect and convert\n'
+                    'model files, draw a model\'s graph, benchmark against the peers.',
+        epilog='examples:\n  gadget generate "The capital of France is" --temperature 0 -n 16\n'
+               '  gadget embed "A cat sits on the mat." "Dogs run in the park."\n'
+               '  gadget COMMAND --help      (each command\'s options and examples)',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    _parser(commands, 'info', 'versions, devices and CPU features of this build').set_defaults(run=_info)
+
+    inspect = _parser(commands, 'inspect', 'print the fields and tensor table of a GGUF file')
     inspect.add_argument('file', help='path of a .gguf file')
     inspect.add_argument('--items', type=int, default=8, help='array items shown before abbreviating')
-    inspect.set_defaults(run=_inspect)
-    generate = commands.add_parser('generate', help='continue a prompt with a language model')
+    inspect.add_argument('--json', action='store_true',
+                         help='one JSON document: every field (type, full value) and tensor (type, '
+                         'ggml-order shape, bytes, file offset)')
+    inspect.set_defaults(run=_user_errors('inspect', _inspect))
+
+    generate = _parser(commands, 'generate', 'continue a prompt with a language model')
     generate.add_argument('prompt', help='the text to continue')
     generate.add_argument('--stop', action='append', help='stop string (repeatable)')
     _add_model_args(generate)
     generate.set_defaults(run=_user_errors('generate', _generate))
-    chat = commands.add_parser('chat', help='chat with a model (interactive, or one --message)')
+
+    chat = _parser(commands, 'chat', 'chat with a model (interactive, or one --message)')
     chat.add_argument('--system', help='system prompt')
     chat.add_argument('--message', help='one message, then exit')
     _add_model_args(chat)
     chat.set_defaults(run=_user_errors('chat', _chat), max_gen=512)
-    embed = commands.add_parser(
-        'embed', help='embed texts with a BERT model (default all-MiniLM-L6-v2)',
-        description='Embed texts: one vector per text, as .npy (--output) or JSON lines on stdout.',
-        epilog='examples:\n  gadget embed "A cat sits on the mat." "Dogs run in the park."\n'
-               '  gadget embed --file sentences.txt -o vectors.npy\n'
-               '  cat sentences.txt | gadget embed > vectors.jsonl',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    embed = _parser(commands, 'embed', 'embed texts with a BERT model (default all-MiniLM-L6-v2)',
+                    'Embed texts: one vector per text, as JSON lines on stdout (default), one JSON '
+                    'document (--json) or .npy (--output).')
     embed.add_argument('texts', nargs='*', help='texts to embed (or --file, or stdin)')
     embed.add_argument('--file', '-f', help="a file with one text per line ('-': stdin)")
     embed.add_argument('--output', '-o', help='write the vectors to this .npy file instead of JSON lines')
+    embed.add_argument('--json', action='store_true',
+                       help='one JSON document {"model", "dimensions", "pooling", "normalized", "texts", '
+                       '"embeddings"} instead of JSON lines')
     embed.add_argument('--model', '-m', help='GGUF file of a BERT model (default: all-MiniLM-L6-v2, F32)')
     embed.add_argument('--tokenizer', help='folder with a tokenizer.json (and sentence_bert_config.json); '
                        'default: from the GGUF')
@@ -238,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
     embed.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     embed.set_defaults(run=_user_errors('embed', _embed))
-    convert = commands.add_parser('convert', help='Hugging Face checkpoint (Llama, BERT) -> GGUF')
+
+    convert = _parser(commands, 'convert', 'convert a Hugging Face checkpoint (Llama, Mistral, BERT) to GGUF')
     convert.add_argument('source', help='folder with config.json, *.safetensors and the tokenizer')
     convert.add_argument('output', help='GGUF file to write')
     convert.add_argument('--outtype', default='F16', type=str.upper, choices=['F32', 'F16', 'BF16', 'Q8_0'],
@@ -246,6 +392,22 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument('--name', default=None, help='general.name (default: the folder name)')
     convert.add_argument('--quiet', action='store_true', help='no progress bar')
     convert.set_defaults(run=_convert)
+
+    graph = _parser(commands, 'graph', "draw a model's compute graph (GGML's dump, rendered by Graphviz)",
+                    "Write a model's GGML compute graph: one box per node (name, type, shape in ggml order, "
+                    'op), an edge per source. .dot/.gv is the dot source (no Graphviz needed); .svg, .png '
+                    "and .pdf are rendered with Graphviz's dot.")
+    graph.add_argument('model', help='GGUF file of a model gadget runs (see gadget inspect)')
+    graph.add_argument('--output', '-o', default='graph.svg', help='file to write; its suffix is the format '
+                       '(default graph.svg)')
+    graph.add_argument('--layers', type=int, default=2,
+                       help='build the model with only its first N layers, so the picture stays readable '
+                       "(and Graphviz's layout fast); 0: every layer (default 2)")
+    graph.add_argument('--context', type=_positive_int, default=256, help='context length (default 256)')
+    graph.set_defaults(run=_user_errors('graph', _graph))
+
+    from .bench.cli import add_parser as add_bench
+    add_bench(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

