@@ -67,6 +67,13 @@ def test_a_file_that_is_not_gguf_is_one_line(tmp_path):
         assert out.stdout == ''
 
 
+def test_info_names_the_build():
+    out = gadget('info')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith('gadget ') and 'GGML' in out.stdout and 'devices: ' in out.stdout
+    assert 'CPU' in out.stdout
+
+
 def test_inspect_json_has_every_field_and_tensor(model):
     out = gadget('inspect', model, '--json')
     assert out.returncode == 0, out.stderr
