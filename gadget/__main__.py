@@ -88,7 +88,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--repetition-penalty', type=float, default=None, help='1 = off (default; not shrek)')
     parser.add_argument('--seed', type=int, default=None, help='the same seed gives the same text')
     parser.add_argument('--threads', type=_positive_int, default=None,
-                        help='CPU threads (default: all cores)')
+                        help='CPU threads (default: the physical cores this process may use)')
     parser.add_argument('--context', type=_positive_int, default=None, help='context length (KV cache size)')
     parser.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                        help='tokens per batch (default 2048)')
     embed.add_argument('--weight-type', type=str.upper, choices=['F32', 'F16', 'BF16', 'Q8_0'], default=None,
                        help='convert the matrices when loading (BF16: fastest with AVX-512 BF16)')
-    embed.add_argument('--threads', type=_positive_int, default=None, help='CPU threads (default: all cores)')
+    embed.add_argument('--threads', type=_positive_int, default=None, help='CPU threads (default: the physical cores this process may use)')
     embed.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
     embed.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     embed.set_defaults(run=_user_errors('embed', _embed))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 from .errors import BackendError
 from .ggml import ffi, lib
@@ -27,11 +28,40 @@ def _text(ptr: Any) -> str:
 
 
 def default_threads() -> int:
-    """Threads for CPU compute: the cores this process may run on."""
+    """Threads for CPU compute: the *physical* cores this process may run on (its affinity mask,
+    SMT siblings counted once), as llama.cpp chooses: a second hyper-thread on a core that GGML's
+    matrix kernels already keep busy adds synchronisation, not throughput."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = os.sched_getaffinity(0)
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+    return physical_cores(cpus)
+
+
+def physical_cores(cpus: Iterable[int], sysfs: str | os.PathLike = '/sys/devices/system/cpu') -> int:
+    """How many physical cores the logical CPUs ``cpus`` cover: CPUs that are SMT siblings (Linux's
+    ``topology/thread_siblings_list``) count once. Where the topology cannot be read, every CPU
+    counts as a core."""
+    cpus = set(cpus)
+    cores = set()
+    for cpu in cpus:
+        try:
+            text = Path(sysfs, f'cpu{cpu}', 'topology', 'thread_siblings_list').read_text()
+            siblings = _cpu_list(text) & cpus
+        except (OSError, ValueError):
+            siblings = {cpu}
+        cores.add(frozenset(siblings or {cpu}))
+    return max(1, len(cores))
+
+
+def _cpu_list(text: str) -> set[int]:
+    """Linux's CPU list format, e.g. ``'0-3,8,10-11'``."""
+    out: set[int] = set()
+    for part in text.strip().split(','):
+        if part:
+            first, _, last = part.partition('-')
+            out.update(range(int(first), int(last or first) + 1))
+    return out
 
 
 def devices() -> list[dict[str, Any]]:

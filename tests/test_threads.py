@@ -1,0 +1,37 @@
+"""The default thread count: the physical cores of the process's affinity mask (SMT siblings once)."""
+
+from __future__ import annotations
+
+import os
+
+from gadget.backends import default_threads, physical_cores
+
+
+def fake_sysfs(tmp_path, siblings: dict[int, str]):
+    for cpu, text in siblings.items():
+        topology = tmp_path / f'cpu{cpu}' / 'topology'
+        topology.mkdir(parents=True)
+        (topology / 'thread_siblings_list').write_text(text + '\n')
+    return tmp_path
+
+
+def test_smt_siblings_count_once(tmp_path):
+    # 4 cores with 2 hyper-threads each: CPU n and n+4 share a core (the usual Linux numbering)
+    sysfs = fake_sysfs(tmp_path, {c: f'{c % 4},{c % 4 + 4}' for c in range(8)})
+    assert physical_cores(range(8), sysfs) == 4
+    assert physical_cores([0, 4], sysfs) == 1             # one core's two threads
+    assert physical_cores([0, 1, 2, 3], sysfs) == 4       # one thread of each core
+    assert physical_cores([0, 1, 5], sysfs) == 2
+
+
+def test_ranges_and_unreadable_topology(tmp_path):
+    sysfs = fake_sysfs(tmp_path, {0: '0-1', 1: '0-1', 2: '2-3', 3: '2-3', 4: 'garbage'})
+    assert physical_cores(range(4), sysfs) == 2
+    assert physical_cores([4, 5], sysfs) == 2             # unreadable or missing: each CPU is a core
+    assert physical_cores([], sysfs) == 1
+
+
+def test_default_is_within_the_affinity_mask():
+    usable = len(os.sched_getaffinity(0))
+    assert 1 <= default_threads() <= usable
+    assert default_threads() == physical_cores(os.sched_getaffinity(0))
