@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                        help='tokens per batch (default 2048)')
     embed.add_argument('--weight-type', type=str.upper, choices=['F32', 'F16', 'BF16', 'Q8_0'], default=None,
                        help='convert the matrices when loading (BF16: fastest with AVX-512 BF16)')
-    embed.add_argument('--threads', type=_positive_int, default=None, help='CPU threads (default: the physical cores this process may use)')
+    embed.add_argument('--threads', type=_positive_int, default=None,
+                       help='CPU threads (default: the physical cores this process may use)')
     embed.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
     embed.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     embed.set_defaults(run=_user_errors('embed', _embed))

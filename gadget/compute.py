@@ -32,6 +32,8 @@ from .types import TypeLike, as_ggml_type
 __all__ = ['GgmlCompute', 'TensorDict', 'HostRegion', 'DEFAULT_GRAPH_SIZE']
 
 DEFAULT_GRAPH_SIZE = 8192
+# GGML_SCHED_MAX_BACKENDS of ggml-backend.cpp (not in a header): more aborts ggml_backend_sched_new
+SCHED_MAX_BACKENDS = 16
 
 ModelFn = Callable[[Any, Mapping[str, Any], 'TensorDict'], Any]
 
@@ -71,6 +73,7 @@ class _Handles:
 
     def __init__(self) -> None:
         self.gallocr = None
+        self.sched = None
         self.ctx_graph = None
         self.buffers: list[Any] = []
         self.ctx_tensors = None
@@ -82,6 +85,9 @@ class _Handles:
 
     def free(self) -> None:
         self.free_graph()
+        if self.sched is not None:
+            lib.ggml_backend_sched_free(self.sched)
+            self.sched = None
         if self.gallocr is not None:
             lib.ggml_gallocr_free(self.gallocr)
             self.gallocr = None
@@ -109,12 +115,19 @@ class GgmlCompute:
         keep: names of intermediate nodes to preserve for :meth:`get_named_node`.
         mapped: host memory (e.g. a memory-mapped GGUF file) that the tensors it lists point into
             instead of getting memory of their own (see :class:`HostRegion`).
+        offload: other backends (names or :class:`Backend`), in order of preference, that GGML's
+            scheduler (``ggml_backend_sched``) may run ops on, e.g. ``['blas']``; ``backend``, which
+            must then be the CPU, runs the rest, and holds the tensors. Empty (default): the graph
+            runs on ``backend`` directly, without a scheduler.
+        scheduler: run through GGML's scheduler even with nothing to offload (default: only when
+            ``offload`` is given).
     """
 
     def __init__(self, params: Mapping[str, Any], tensors: Mapping[str, tuple[TypeLike, Sequence[int]]],
                  model: ModelFn | None = None, backend: str | Backend = 'cpu', framework: str = 'numpy',
                  n_threads: int | None = None, graph_size: int = DEFAULT_GRAPH_SIZE,
-                 keep: Iterable[str] = (), mapped: HostRegion | None = None):
+                 keep: Iterable[str] = (), mapped: HostRegion | None = None,
+                 offload: Sequence[str | Backend] = (), scheduler: bool | None = None):
         if framework not in FRAMEWORKS:
             raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}')
         self.params = dict(params)
@@ -135,6 +148,9 @@ class GgmlCompute:
                 self.backend.set_n_threads(n_threads)
         else:
             self.backend = Backend(backend, n_threads)
+        #: The backends the scheduler may offload ops to, before ``backend`` (owned if made here).
+        self.offload: list[Backend] = []
+        self._owned_offload: list[Backend] = []
         self.tensors = TensorDict()
         self._ndim: dict[str, int] = {}
         self._nbytes: dict[str, int] = {}
@@ -143,12 +159,75 @@ class GgmlCompute:
         self.outputs: tuple[Any, ...] = ()
         self.model = model
         try:
+            self._create_scheduler(offload, n_threads, scheduler)
             self._create_tensors(tensors, mapped)
             if model is not None:
                 self.create_graph(model)
         except BaseException:
             self.close()
             raise
+
+    # --- the scheduler --------------------------------------------------------------------------
+
+    def _create_scheduler(self, offload: Sequence[str | Backend], n_threads: int | None,
+                          scheduler: bool | None) -> None:
+        if isinstance(offload, (str, Backend)):
+            offload = [offload]
+        if scheduler is False and offload:
+            raise ValueError(f'offload={list(offload)!r} needs the scheduler: drop scheduler=False')
+        if not offload and not scheduler:
+            return
+        if self.backend.kind != 'cpu':
+            raise ValueError(f'offload= needs the CPU as the main backend (GGML\'s scheduler runs what '
+                             f'no other backend takes on the CPU), got backend {self.backend.name!r}')
+        for item in offload:
+            if isinstance(item, Backend):
+                self.offload.append(item)
+            else:
+                made = Backend(item, n_threads)
+                self._owned_offload.append(made)
+                self.offload.append(made)
+        names = [b.name for b in self.offload]
+        if 'cpu' in names or len(set(names)) != len(names):
+            raise ValueError(f'offload= lists other backends than the main one, each once; got {names}')
+        if len(self.offload) + 1 > SCHED_MAX_BACKENDS:
+            raise ValueError(f'GGML schedules at most {SCHED_MAX_BACKENDS} backends, got '
+                             f'{len(self.offload) + 1}')
+        order = [b.handle for b in self.offload] + [self.backend.handle]
+        # Room for every node and leaf of a full graph, plus the copies at split boundaries.
+        sched = lib.ggml_backend_sched_new(ffi.new('ggml_backend_t[]', order), ffi.NULL, len(order),
+                                           2 * self.graph_size, False, True)
+        if sched == ffi.NULL:
+            raise GadgetError(f'could not create GGML\'s scheduler over {names + ["cpu"]}')
+        self._handles.sched = sched
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether graphs run through GGML's scheduler (``offload`` was given)."""
+        return self._handles.sched is not None
+
+    def _graph_compute(self, graph: Any) -> int:
+        sched = self._handles.sched
+        if sched is None:
+            return lib.ggml_backend_graph_compute(self.backend.handle, graph)
+        return lib.ggml_backend_sched_graph_compute(sched, graph)
+
+    def node_backends(self) -> dict[str, str]:
+        """With a scheduler: the backend each named node of the current graph was assigned to."""
+        graph = self._require_graph()
+        sched = self._handles.sched
+        out = {}
+        for i in range(lib.ggml_graph_n_nodes(graph)):
+            node = lib.ggml_graph_node(graph, i)
+            name = ffi.string(node.name).decode()
+            if not name:
+                continue
+            if sched is None:
+                out[name] = self.backend.name
+            else:
+                b = lib.ggml_backend_sched_get_tensor_backend(sched, node)
+                out[name] = ffi.string(lib.ggml_backend_name(b)).decode() if b != ffi.NULL else '?'
+        return out
 
     # --- tensors ------------------------------------------------------------------------------
 
@@ -229,7 +308,7 @@ class GgmlCompute:
         self._check_open()
         started = time.perf_counter()
         with self.lock:
-            status = lib.ggml_backend_graph_compute(self.backend.handle, self._require_graph())
+            status = self._graph_compute(self._require_graph())
         self.compute_seconds += time.perf_counter() - started   # GGML's share of the wall time
         if status != lib.GGML_STATUS_SUCCESS:
             raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
@@ -286,6 +365,17 @@ class GgmlCompute:
                 raise KeyError(f'keep: no node named {name!r} in the graph; named nodes: '
                                f'{", ".join(self.named_nodes()) or "(none)"}')
             lib.ggml_set_output(node)
+        if h.sched is not None:
+            # The scheduler assigns each node a backend, splits the graph where that changes and
+            # allocates the activations (its buffers grow when a new graph needs more).
+            # Plan anew (reserve) for every new graph, for the reason below: the scheduler's allocator
+            # too would keep the old plan for a graph of the same size.
+            lib.ggml_backend_sched_reset(h.sched)
+            if not lib.ggml_backend_sched_reserve(h.sched, self.graph) or \
+                    not lib.ggml_backend_sched_alloc_graph(h.sched, self.graph):
+                raise MemoryError(f'could not allocate the graph over {[b.name for b in self.offload]} '
+                                  f'and {self.backend.name!r}')
+            return
         if h.gallocr is None:
             h.gallocr = lib.ggml_gallocr_new(self.backend.buffer_type)
         # Plan anew for every new graph: the allocator would otherwise reuse the previous plan for a
@@ -354,7 +444,7 @@ class GgmlCompute:
         self._check_open()
         with self.lock:
             graph = self._require_graph()
-            status = lib.ggml_backend_graph_compute(self.backend.handle, graph)
+            status = self._graph_compute(graph)
             if status != lib.GGML_STATUS_SUCCESS:
                 raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
             results = tuple(get_tensor_data(out, self.framework, device=self._torch_device)
@@ -417,6 +507,9 @@ class GgmlCompute:
     def graph_memory(self) -> int:
         """Bytes of the graph allocator's buffer (activations)."""
         h = self._handles
+        if h.sched is not None:
+            return sum(lib.ggml_backend_sched_get_buffer_size(h.sched, b.handle)
+                       for b in [*self.offload, self.backend])
         return lib.ggml_gallocr_get_buffer_size(h.gallocr, 0) if h.gallocr is not None else 0
 
     def close(self) -> None:
@@ -430,6 +523,8 @@ class GgmlCompute:
             self._finalizer()
             if self._owns_backend and getattr(self, 'backend', None) is not None:
                 self.backend.close()
+            for b in getattr(self, '_owned_offload', ()):
+                b.close()
 
     def __enter__(self) -> 'GgmlCompute':
         return self
