@@ -20,7 +20,9 @@ CUDA_REBUILD_HINT = ('rebuild gadget with the CUDA backend: CMAKE_ARGS="-DGGML_C
                      '--force-reinstall --no-cache-dir . (from the source tree; see the README)')
 
 # Registry names of the backends gadget knows how to address, by gadget's name for them.
-_KINDS = {'cpu': 'CPU', 'cuda': 'CUDA'}
+# 'blas': GGML's BLAS backend (matrix products through cblas_sgemm), in builds with GGML_BLAS.
+_KINDS = {'cpu': 'CPU', 'cuda': 'CUDA', 'blas': 'BLAS'}
+_THREADED = ('cpu', 'blas')   # backends with a thread count (both run on the CPU's cores)
 
 
 def _text(ptr: Any) -> str:
@@ -89,12 +91,13 @@ def _registry_devices(registry: str) -> list[Any]:
 
 
 def backends() -> list[str]:
-    """Backend names usable here: ``'cpu'`` always, ``'cuda:0'``... for each CUDA device."""
+    """Backend names usable here: ``'cpu'`` always, ``'cuda:0'``... for each CUDA device, ``'blas'``
+    in a build with GGML's BLAS backend."""
     names = []
     for kind, registry in _KINDS.items():
         devs = _registry_devices(registry)
-        if kind == 'cpu':
-            names += ['cpu'] if devs else []
+        if kind in ('cpu', 'blas'):
+            names += [kind] if devs else []
         else:
             names += [f'{kind}:{i}' for i in range(len(devs))]
     return names
@@ -109,8 +112,8 @@ def _parse(name: str) -> tuple[str, int]:
                            f'(gadget knows: {", ".join(_KINDS)})')
     if index and not index.isdigit():
         raise BackendError(f'bad device index in backend {name!r}: expected e.g. "{kind}:0"')
-    if kind == 'cpu' and index not in ('', '0'):
-        raise BackendError(f'there is one CPU backend: use "cpu", not {name!r}')
+    if kind in ('cpu', 'blas') and index not in ('', '0'):
+        raise BackendError(f'there is one {kind.upper()} backend: use "{kind}", not {name!r}')
     return kind, int(index or 0)
 
 
@@ -129,13 +132,16 @@ class Backend:
             if kind == 'cuda':
                 raise BackendError(f'backend {name!r}: this build of gadget has no CUDA backend; '
                                    f'{CUDA_REBUILD_HINT}')
+            if kind == 'blas':
+                raise BackendError(f'backend {name!r}: this build of gadget has no BLAS backend (GGML '
+                                   'built without GGML_BLAS)')
             raise BackendError(f'backend {name!r} is not available; available: {", ".join(backends())}')
         if index >= len(devs):
             raise BackendError(f'backend {name!r}: only {len(devs)} {kind} device(s) here '
                                f'({", ".join(backends())})')
         self.kind = kind
         self.index = index
-        self.name = kind if kind == 'cpu' else f'{kind}:{index}'
+        self.name = kind if kind in ('cpu', 'blas') else f'{kind}:{index}'
         self.device = devs[index]
         handle = lib.ggml_backend_dev_init(self.device, ffi.NULL)
         if handle == ffi.NULL:
@@ -143,7 +149,7 @@ class Backend:
         self._handle = handle
         self._finalizer = weakref.finalize(self, lib.ggml_backend_free, handle)
         self.n_threads = 0
-        if kind == 'cpu':
+        if kind in _THREADED:
             self.set_n_threads(n_threads or default_threads())
 
     @property
@@ -164,12 +170,20 @@ class Backend:
         return lib.ggml_backend_get_default_buffer_type(self.handle)
 
     def set_n_threads(self, n_threads: int) -> None:
-        """Set the CPU threads (the CPU backend only; others ignore it)."""
-        if self.kind != 'cpu':
+        """Set the threads of a backend that runs on the CPU's cores (the CPU and BLAS backends;
+        others ignore it), through the backend's own ``ggml_backend_set_n_threads``."""
+        if self.kind not in _THREADED:
             return
-        if not isinstance(n_threads, int) or n_threads < 1:
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
             raise ValueError(f'n_threads must be a positive int, got {n_threads!r}')
-        lib.ggml_backend_cpu_set_n_threads(self.handle, n_threads)
+        if self.kind == 'cpu':
+            lib.ggml_backend_cpu_set_n_threads(self.handle, n_threads)
+        else:
+            reg = lib.ggml_backend_dev_backend_reg(self.device)
+            address = lib.ggml_backend_reg_get_proc_address(reg, b'ggml_backend_set_n_threads')
+            if address == ffi.NULL:
+                raise BackendError(f'backend {self.name!r} has no ggml_backend_set_n_threads')
+            ffi.cast('ggml_backend_set_n_threads_t', address)(self.handle, n_threads)
         self.n_threads = n_threads
 
     def description(self) -> str:
@@ -190,5 +204,5 @@ class Backend:
 
     def __repr__(self) -> str:
         state = 'closed' if self._handle is None else self.description()
-        threads = f', n_threads={self.n_threads}' if self.kind == 'cpu' else ''
+        threads = f', n_threads={self.n_threads}' if self.kind in _THREADED else ''
         return f'Backend({self.name!r}{threads}: {state})'

@@ -45,6 +45,11 @@ def test_bad_scheduler_settings_are_refused():
         GgmlCompute({}, SPECS, model, offload=['cpu'], scheduler=False)
     with pytest.raises(BackendError, match='unknown backend'):
         GgmlCompute({}, SPECS, model, offload=['tpu'])
+    if 'blas' not in backends():
+        with pytest.raises(BackendError, match='no BLAS backend'):
+            GgmlCompute({}, SPECS, model, offload=['blas'])
+    with pytest.raises(BackendError, match='one BLAS backend'):
+        GgmlCompute({}, SPECS, model, offload=['blas:1'])
     if not any(name.startswith('cuda') for name in backends()):
         with pytest.raises(BackendError, match='no CUDA backend'):
             GgmlCompute({}, SPECS, model, offload=['cuda'])
