@@ -4,6 +4,8 @@ longer than building GGML)."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 
 from setuptools import build_meta as _setuptools
@@ -12,8 +14,25 @@ from setuptools.build_meta import *  # noqa: F401,F403  (the standard hooks)
 _CMAKE = 'cmake>=3.21'
 
 
+_OPENBLAS = 'scipy-openblas32>=0.3.28'
+
+
+def _blas_requested() -> bool:
+    """GADGET_BLAS=1, or -DGGML_BLAS=ON in CMAKE_ARGS (setup.py's rules)."""
+    if os.environ.get('GADGET_BLAS', '').strip().lower() in ('1', 'on', 'true', 'yes'):
+        return True
+    value = None
+    for arg in shlex.split(os.environ.get('CMAKE_ARGS', '')):
+        if arg.startswith(('-DGGML_BLAS=', '-DGGML_BLAS:BOOL=')):
+            value = arg.split('=', 1)[1].upper()
+    return value in ('ON', '1', 'TRUE', 'YES')
+
+
 def _with_cmake(requires: list[str]) -> list[str]:
-    return requires if shutil.which('cmake') else [*requires, _CMAKE]
+    """The build's requirements, plus CMake when none is installed and, for a build with GGML's BLAS
+    backend, the OpenBLAS it links."""
+    requires = requires if shutil.which('cmake') else [*requires, _CMAKE]
+    return [*requires, _OPENBLAS] if _blas_requested() else requires
 
 
 def get_requires_for_build_wheel(config_settings=None):

@@ -53,14 +53,23 @@ DEFAULT_CMAKE_ARGS = [
 # GADGET_PORTABLE=1: backends as modules, and every x86-64 level's CPU module instead of one for this
 # machine (GGML refuses GGML_NATIVE with GGML_BACKEND_DL: its CPU-feature scoring needs known levels).
 PORTABLE_CMAKE_ARGS = ['-DGGML_BACKEND_DL=ON', '-DGGML_NATIVE=OFF', '-DGGML_CPU_ALL_VARIANTS=ON']
+# GADGET_BLAS=1: GGML's BLAS backend too (matrix products of >= 32 rows through cblas_sgemm), over
+# the OpenBLAS of the scipy-openblas32 wheel (see cmake/FindBLAS.cmake); it is then needed at run
+# time as well (the `blas` extra). Off by default: see benchmarks/RESULTS.md for where it wins.
+BLAS_CMAKE_ARGS = ['-DGGML_BLAS=ON', '-DGGML_BLAS_VENDOR=OpenBLAS']
 
 
 def portable_requested() -> bool:
     return os.environ.get('GADGET_PORTABLE', '').strip().lower() in ('1', 'on', 'true', 'yes')
 
 
+def blas_env_requested() -> bool:
+    return os.environ.get('GADGET_BLAS', '').strip().lower() in ('1', 'on', 'true', 'yes')
+
+
 def cmake_args() -> list[str]:
     args = DEFAULT_CMAKE_ARGS + (PORTABLE_CMAKE_ARGS if portable_requested() else [])
+    args += BLAS_CMAKE_ARGS if blas_env_requested() else []
     return args + shlex.split(os.environ.get('CMAKE_ARGS', ''))
 
 
@@ -70,6 +79,20 @@ def _last_value(args: list[str], option: str) -> str | None:
         if arg.startswith(f'-D{option}=') or arg.startswith(f'-D{option}:BOOL='):
             value = arg.split('=', 1)[1].upper()
     return value
+
+
+def blas_requested(args: list[str]) -> bool:
+    return _last_value(args, 'GGML_BLAS') in ('ON', '1', 'TRUE', 'YES')
+
+
+def openblas_dir() -> Path:
+    """The scipy-openblas32 package folder of this (build) environment."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        raise RuntimeError('GGML_BLAS=ON builds against the scipy-openblas32 package: pip install '
+                           'scipy-openblas32 (build_backend.py asks for it with GADGET_BLAS=1)') from None
+    return Path(scipy_openblas32.__file__).parent
 
 
 def cuda_requested(args: list[str]) -> bool:
@@ -89,7 +112,16 @@ def find_cmake() -> str:
 LIBRARY_PREFIX = 'gadget-'
 _WRAPPER = """cmake_minimum_required(VERSION 3.14)
 project(gadget_ggml C CXX)
+# gadget's FindBLAS (the scipy-openblas32 wheel's OpenBLAS) before CMake's: GGML appends its own.
+list(PREPEND CMAKE_MODULE_PATH "{modules}")
 add_subdirectory("{source}" ggml)
+if(TARGET ggml-blas)
+    # ggml-blas.cpp calls the plain names; scipy-openblas32 exports them with a scipy_ prefix.
+    target_compile_definitions(ggml-blas PRIVATE
+        cblas_sgemm=scipy_cblas_sgemm
+        openblas_set_num_threads=scipy_openblas_set_num_threads
+        openblas_get_parallel=scipy_openblas_get_parallel)
+endif()
 # Every GGML library and backend module (ggml, ggml-base, ggml-cpu or ggml-cpu-<level>, ggml-rpc,
 # ggml-cuda, ...), wherever GGML defines it, gets gadget's prefix.
 function(gadget_rename directory)
@@ -113,7 +145,8 @@ def _wrapper_project(source: Path) -> Path:
     """A CMake project that builds GGML under gadget's library names."""
     folder = ROOT / 'build' / 'ggml-wrapper'
     folder.mkdir(parents=True, exist_ok=True)
-    text = _WRAPPER.format(source=source.as_posix(), prefix=LIBRARY_PREFIX)
+    text = _WRAPPER.format(source=source.as_posix(), prefix=LIBRARY_PREFIX,
+                           modules=(ROOT / 'cmake').as_posix())
     path = folder / 'CMakeLists.txt'
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
@@ -129,6 +162,10 @@ def build_ggml() -> tuple[Path, Path, list[Path], bool]:
     args = cmake_args()
     wrapper = _wrapper_project(source)
     key = hashlib.sha256('\n'.join([pin_key(load_pin()), LIBRARY_PREFIX, *args]).encode()).hexdigest()[:12]
+    if blas_requested(args):
+        # Not part of the key: pip's isolated build environment (and so this folder) is new every
+        # install; configuring re-points an existing build at it.
+        args = [*args, f'-DGADGET_OPENBLAS_DIR={openblas_dir().as_posix()}']
     build_dir = ROOT / 'build' / f'ggml-{key}'
     prefix = build_dir / 'install'
     cmake = find_cmake()

@@ -91,6 +91,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help='CPU threads (default: the physical cores this process may use)')
     parser.add_argument('--context', type=_positive_int, default=None, help='context length (KV cache size)')
     parser.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
+    _add_blas_arg(parser)
+
+
+def _add_blas_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--blas', action=argparse.BooleanOptionalAction, default=False,
+                        help='matrix products of >= 32 rows through GGML\'s BLAS backend (OpenBLAS), in a '
+                        'build with it (GADGET_BLAS=1); default off (--no-blas)')
 
 
 _SAMPLING = ('temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty')
@@ -105,7 +112,7 @@ def _sampling_args(args: argparse.Namespace) -> dict:
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
-    kwargs = dict(backend=args.backend, n_threads=args.threads)
+    kwargs = dict(backend=args.backend, n_threads=args.threads, blas=args.blas)
     if args.context is not None:
         kwargs['context_length'] = args.context
     return kwargs
@@ -134,6 +141,10 @@ def _user_errors(command: str, run: Command) -> Command:
         except KeyboardInterrupt:
             print(file=sys.stderr)
             return 130
+        except BrokenPipeError:     # the reader went away (`gadget inspect ... | head`): stop quietly
+            import os
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         except (GadgetError, OSError, ValueError, TypeError, ImportError, RuntimeError) as exc:
             print(f'gadget {command}: error: {exc}', file=sys.stderr)
             return 1
@@ -216,7 +227,8 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError('no texts: give them as arguments, with --file FILE (one per line), or on stdin')
     kwargs = dict(model_id=args.tokenizer, pooling=args.pooling, normalize=not args.no_normalize,
                   batch_size=args.batch_size, max_length=args.max_length, truncate=not args.no_truncate,
-                  weight_type=args.weight_type, backend=args.backend, n_threads=args.threads)
+                  weight_type=args.weight_type, backend=args.backend, n_threads=args.threads,
+                  blas=args.blas)
     if args.json and args.output:
         raise ValueError('--json and --output both say where the vectors go: give one')
     with EmbedNumpy(args.model, **kwargs) as embedder:
@@ -321,7 +333,10 @@ _EXAMPLES = {
 def _parser(commands: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand's parser with its examples as the --help epilog."""
     epilog = 'examples:\n' + '\n'.join(f'  {line}' for line in _EXAMPLES[name]) if name in _EXAMPLES else None
-    return commands.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + '.',
+    import textwrap
+
+    description = textwrap.fill(description or help[0].upper() + help[1:] + '.', 100)
+    return commands.add_parser(name, help=help, description=description,
                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -382,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument('--threads', type=_positive_int, default=None,
                        help='CPU threads (default: the physical cores this process may use)')
     embed.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
+    _add_blas_arg(embed)
     embed.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     embed.set_defaults(run=_user_errors('embed', _embed))
 

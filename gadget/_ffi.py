@@ -14,18 +14,51 @@ Importing this module:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+
+def _load_openblas() -> None:
+    """In a build with GGML's BLAS backend (``GADGET_BLAS=1``), load the OpenBLAS it is linked against
+    (``libscipy_openblas.so`` of the scipy-openblas32 package) before GGML's libraries: the dynamic
+    loader then finds it among the loaded libraries by its SONAME, with no ``LD_LIBRARY_PATH`` and no
+    path baked into the build. Its idle worker threads are told to sleep almost at once
+    (``OPENBLAS_THREAD_TIMEOUT``, read when it loads; unless the environment sets it): otherwise they
+    spin on the cores GGML's own threads need for the ops between two BLAS products."""
+    if not any((Path(__file__).parent / 'lib').glob('libgadget-ggml-blas.so*')):
+        return
+    try:
+        import scipy_openblas32
+    except ImportError:
+        raise ImportError('this gadget was built with GGML\'s BLAS backend (GADGET_BLAS=1), which runs on '
+                          'the OpenBLAS of the scipy-openblas32 package: pip install scipy-openblas32 '
+                          '(the `blas` extra)') from None
+    path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
+    previous = os.environ.get('OPENBLAS_THREAD_TIMEOUT')
+    os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')      # 2**4 cycles of spinning (min 4)
+    try:
+        ctypes.CDLL(path)
+    finally:
+        if previous is None:
+            del os.environ['OPENBLAS_THREAD_TIMEOUT']
+
+
+_load_openblas()
 
 try:
     from ._ggml import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on how gadget was installed
     raise ImportError(
         f'gadget\'s compiled GGML binding is missing or broken ({exc}). Install gadget with '
-        '`pip install .` (or `pip install -e .`) from its source tree so that GGML is built.'
+        '`pip install .` (or `pip install -e .`) from its source tree so that GGML is built. If it is '
+        f'installed: Python imported gadget from {Path(__file__).parent}, the source tree in the '
+        'current folder, which shadows the installed package: run from another folder.'
     ) from exc
 
 __all__ = ['ffi', 'lib', 'API', 'log', 'MODULES']

@@ -121,13 +121,18 @@ class GgmlCompute:
             runs on ``backend`` directly, without a scheduler.
         scheduler: run through GGML's scheduler even with nothing to offload (default: only when
             ``offload`` is given).
+        blas: offload matrix products of at least 32 rows on each side to GGML's BLAS backend
+            (OpenBLAS's sgemm, after converting quantized or F16 weights to F32; the CPU backend
+            runs the rest), in a build with it (``GADGET_BLAS=1``). Default False: where it wins
+            and where it loses is in benchmarks/RESULTS.md.
     """
 
     def __init__(self, params: Mapping[str, Any], tensors: Mapping[str, tuple[TypeLike, Sequence[int]]],
                  model: ModelFn | None = None, backend: str | Backend = 'cpu', framework: str = 'numpy',
                  n_threads: int | None = None, graph_size: int = DEFAULT_GRAPH_SIZE,
                  keep: Iterable[str] = (), mapped: HostRegion | None = None,
-                 offload: Sequence[str | Backend] = (), scheduler: bool | None = None):
+                 offload: Sequence[str | Backend] = (), scheduler: bool | None = None,
+                 blas: bool = False):
         if framework not in FRAMEWORKS:
             raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}')
         self.params = dict(params)
@@ -159,6 +164,11 @@ class GgmlCompute:
         self.outputs: tuple[Any, ...] = ()
         self.model = model
         try:
+            offload = [offload] if isinstance(offload, (str, Backend)) else list(offload)
+            if blas not in (True, False):
+                raise ValueError(f'blas must be True or False, got {blas!r}')
+            if blas and 'blas' not in [b if isinstance(b, str) else b.name for b in offload]:
+                offload.append('blas')
             self._create_scheduler(offload, n_threads, scheduler)
             self._create_tensors(tensors, mapped)
             if model is not None:
@@ -213,7 +223,8 @@ class GgmlCompute:
         return lib.ggml_backend_sched_graph_compute(sched, graph)
 
     def node_backends(self) -> dict[str, str]:
-        """With a scheduler: the backend each named node of the current graph was assigned to."""
+        """The backend (GGML's name: ``'CPU'``, ``'BLAS'``, ``'CUDA0'``...) each named node of the
+        current graph runs on: the scheduler's assignment, or the one backend without it."""
         graph = self._require_graph()
         sched = self._handles.sched
         out = {}
@@ -223,7 +234,7 @@ class GgmlCompute:
             if not name:
                 continue
             if sched is None:
-                out[name] = self.backend.name
+                out[name] = ffi.string(lib.ggml_backend_name(self.backend.handle)).decode()
             else:
                 b = lib.ggml_backend_sched_get_tensor_backend(sched, node)
                 out[name] = ffi.string(lib.ggml_backend_name(b)).decode() if b != ffi.NULL else '?'
@@ -433,6 +444,9 @@ class GgmlCompute:
             os.close(fd)
             try:
                 G.ggml_graph_dump_dot(graph, graph, tmp)
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)        # as open() would have made it (mkstemp: 0600)
                 os.replace(tmp, target)
             except BaseException:
                 os.unlink(tmp)

@@ -352,7 +352,7 @@ class GgmlModel(GgmlCompute):
         states = {k: kwargs.pop(k) for k in list(kwargs) if k in decl.states}
         compute = {k: kwargs.pop(k) for k in list(kwargs)
                    if k in ('backend', 'framework', 'n_threads', 'graph_size', 'keep', 'offload',
-                            'scheduler')}
+                            'scheduler', 'blas')}
         return kwargs, states, compute
 
     @classmethod
@@ -419,7 +419,7 @@ class GgmlModel(GgmlCompute):
         """A model with tensors set from ``values`` (name → array, numpy order).
 
         Keyword arguments: parameters (and dimension names), states, and ``backend``, ``framework``,
-        ``n_threads``, ``graph_size``, ``keep``, ``offload``, ``scheduler``.
+        ``n_threads``, ``graph_size``, ``keep``, ``offload``, ``scheduler``, ``blas``.
         """
         given, states, compute = cls._split_kwargs(dict(kwargs))
         params = cls._resolve_params(given, None)
