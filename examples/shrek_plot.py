@@ -8,7 +8,10 @@ Run: python examples/shrek_plot.py ["your prompt"] [-n 48] [--seed 1] [-o shrek.
 
 import argparse
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    raise SystemExit('shrek_plot.py needs matplotlib: pip install ".[plot]" (or pip install matplotlib)')
 
 matplotlib.use('Agg')            # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402

@@ -37,7 +37,7 @@ examples:
   gadget bench ops gguf --repeats 7
   gadget bench textgen --threads 4 --model model.Q4_0.gguf
   gadget bench embed --embed-model path/to/sentence-transformers-folder
-  gadget bench --json > bench.json      one JSON document: machine, settings, rows, peers
+  gadget bench --json > bench.json      one JSON document: machine, settings, and per suite its rows and peers
 
 peers: pip install llama-cpp-python (builds from source), pip install sentence-transformers,
 pip install gguf; numpy is always there."""
