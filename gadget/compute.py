@@ -181,8 +181,6 @@ class GgmlCompute:
 
     def _create_scheduler(self, offload: Sequence[str | Backend], n_threads: int | None,
                           scheduler: bool | None) -> None:
-        if isinstance(offload, (str, Backend)):
-            offload = [offload]
         if scheduler is False and offload:
             raise ValueError(f'offload={list(offload)!r} needs the scheduler: drop scheduler=False')
         if not offload and not scheduler:
@@ -213,7 +211,7 @@ class GgmlCompute:
 
     @property
     def scheduled(self) -> bool:
-        """Whether graphs run through GGML's scheduler (``offload`` was given)."""
+        """Whether graphs run through GGML's scheduler (``offload`` or ``scheduler=True`` was given)."""
         return self._handles.sched is not None
 
     def _graph_compute(self, graph: Any) -> int:
@@ -227,6 +225,7 @@ class GgmlCompute:
         current graph runs on: the scheduler's assignment, or the one backend without it."""
         graph = self._require_graph()
         sched = self._handles.sched
+        only = ffi.string(lib.ggml_backend_name(self.backend.handle)).decode()
         out = {}
         for i in range(lib.ggml_graph_n_nodes(graph)):
             node = lib.ggml_graph_node(graph, i)
@@ -234,7 +233,7 @@ class GgmlCompute:
             if not name:
                 continue
             if sched is None:
-                out[name] = ffi.string(lib.ggml_backend_name(self.backend.handle)).decode()
+                out[name] = only
             else:
                 b = lib.ggml_backend_sched_get_tensor_backend(sched, node)
                 out[name] = ffi.string(lib.ggml_backend_name(b)).decode() if b != ffi.NULL else '?'
