@@ -114,6 +114,16 @@ _WRAPPER = """cmake_minimum_required(VERSION 3.14)
 project(gadget_ggml C CXX)
 # gadget's FindBLAS (the scipy-openblas32 wheel's OpenBLAS) before CMake's: GGML appends its own.
 list(PREPEND CMAKE_MODULE_PATH "{modules}")
+# On CPUs with AVX512-FP16 (Intel Sapphire Rapids and later) GGML 0.20.2's F16 vectors step 128
+# elements at a time, so an F16 dot product shorter than that (attention over 64-wide heads while
+# decoding) runs entirely in the scalar remainder loop: 8x slower than on other AVX-512 CPUs (later
+# GGML gives F16 dot products the F32 path for this reason). Without the native FP16 path, F16
+# vectors take the AVX-512 path of every other AVX-512 CPU.
+include(CheckCCompilerFlag)
+check_c_compiler_flag(-mno-avx512fp16 GADGET_CC_HAS_NO_AVX512FP16)
+if(GADGET_CC_HAS_NO_AVX512FP16)
+    add_compile_options($<$<COMPILE_LANGUAGE:C,CXX>:-mno-avx512fp16>)
+endif()
 add_subdirectory("{source}" ggml)
 if(TARGET ggml-blas)
     # ggml-blas.cpp calls the plain names; scipy-openblas32 exports them with a scipy_ prefix.
@@ -161,7 +171,9 @@ def build_ggml() -> tuple[Path, Path, list[Path], bool]:
     source = fetch()
     args = cmake_args()
     wrapper = _wrapper_project(source)
-    key = hashlib.sha256('\n'.join([pin_key(load_pin()), LIBRARY_PREFIX, *args]).encode()).hexdigest()[:12]
+    # The wrapper's text is part of the key: a changed wrapper (compile options) builds afresh.
+    text = '\n'.join([pin_key(load_pin()), LIBRARY_PREFIX, _WRAPPER, *args])
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
     if blas_requested(args):
         # Not part of the key: pip's isolated build environment (and so this folder) is new every
         # install; configuring re-points an existing build at it.

@@ -23,6 +23,12 @@ CUDA_REBUILD_HINT = ('rebuild gadget with the CUDA backend: CMAKE_ARGS="-DGGML_C
 # 'blas': GGML's BLAS backend (matrix products through cblas_sgemm), in builds with GGML_BLAS.
 _KINDS = {'cpu': 'CPU', 'cuda': 'CUDA', 'blas': 'BLAS'}
 _THREADED = ('cpu', 'blas')   # backends with a thread count (both run on the CPU's cores)
+# How long the CPU backend's idle workers poll for the next graph before they sleep: GGML's
+# threadpool ``poll`` level (0-100, GGML's default 50, where a worker spins for milliseconds). 0:
+# they sleep as soon as a graph is done, so they leave the cores to whatever runs between graphs:
+# Python between decode steps, OpenBLAS's threads between the scheduler's splits. Waking them costs
+# microseconds per graph. (Builds with OpenMP ignore it: libgomp spins by its own settings.)
+CPU_POLL = 0
 
 
 def _text(ptr: Any) -> str:
@@ -117,6 +123,13 @@ def _parse(name: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
+def _free_backend(handle: Any, pool: list[Any]) -> None:
+    lib.ggml_backend_free(handle)
+    if pool[0] is not None:
+        lib.ggml_threadpool_free(pool[0])
+        pool[0] = None
+
+
 class Backend:
     """One initialised GGML backend (device), owned by this object.
 
@@ -147,7 +160,9 @@ class Backend:
         if handle == ffi.NULL:
             raise BackendError(f'backend {name!r} failed to initialise')
         self._handle = handle
-        self._finalizer = weakref.finalize(self, lib.ggml_backend_free, handle)
+        # The CPU backend's thread pool, owned here: freed after the backend that uses it.
+        self._pool: list[Any] = [None]
+        self._finalizer = weakref.finalize(self, _free_backend, handle, self._pool)
         self.n_threads = 0
         if kind in _THREADED:
             self.set_n_threads(n_threads or default_threads())
@@ -177,6 +192,7 @@ class Backend:
         if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
             raise ValueError(f'n_threads must be a positive int, got {n_threads!r}')
         if self.kind == 'cpu':
+            self._new_threadpool(n_threads)
             lib.ggml_backend_cpu_set_n_threads(self.handle, n_threads)
         else:
             reg = lib.ggml_backend_dev_backend_reg(self.device)
@@ -185,6 +201,20 @@ class Backend:
                 raise BackendError(f'backend {self.name!r} has no ggml_backend_set_n_threads')
             ffi.cast('ggml_backend_set_n_threads_t', address)(self.handle, n_threads)
         self.n_threads = n_threads
+
+    def _new_threadpool(self, n_threads: int) -> None:
+        # A pool of the backend's own instead of the one GGML makes and joins on every compute
+        # when none is set: a graph split by the scheduler computes once per split.
+        params = ffi.new('struct ggml_threadpool_params *')
+        lib.ggml_threadpool_params_init(params, n_threads)
+        params.poll = CPU_POLL
+        pool = lib.ggml_threadpool_new(params)
+        if pool == ffi.NULL:
+            raise BackendError(f'backend {self.name!r}: GGML could not start {n_threads} threads')
+        lib.ggml_backend_cpu_set_threadpool(self.handle, pool)
+        old, self._pool[0] = self._pool[0], pool
+        if old is not None:
+            lib.ggml_threadpool_free(old)
 
     def description(self) -> str:
         """The device's description (e.g. the CPU or GPU model)."""

@@ -135,6 +135,15 @@ def ggml_type_in(*allowed: str) -> Callable[[Any, Mapping[str, Any]], str | None
     return check
 
 
+def optional_type_in(*allowed: str) -> Callable[[Any, Mapping[str, Any]], str | None]:
+    """A check: None (as stored in the file), or one of the GGML types ``allowed``."""
+    inner = ggml_type_in(*allowed)
+
+    def check(value: Any, params: Mapping[str, Any] | None = None) -> str | None:
+        return None if value is None else inner(value, params)
+    return check
+
+
 def one_of(*allowed: Any) -> Callable[[Any, Mapping[str, Any]], str | None]:
     """A check: one of ``allowed``."""
     def check(value: Any, params: Mapping[str, Any] | None = None) -> str | None:

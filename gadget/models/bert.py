@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import ggml as G
 from ..gguf import keys as K
-from ..model import Parameter, Tensor, ggml_type_in, one_of, positive_float, positive_int
+from ..model import Parameter, Tensor, one_of, optional_type_in, positive_float, positive_int
 from .encoder import POOLINGS, SequenceEncoder
 from .layers import layer_norm, linear
 from .registry import register
@@ -28,10 +28,6 @@ def _head_dim(p: dict[str, Any]) -> int:
 
 def _pooling_name(p: dict[str, Any]) -> str:
     return K.POOLING_TYPES[p['pooling_type']]
-
-
-def _weight_type(value: Any, params: Any) -> str | None:
-    return None if value is None else ggml_type_in('F32', 'F16', 'BF16', 'Q8_0')(value, params)
 
 
 @register('bert')
@@ -53,7 +49,7 @@ class BertModel(SequenceEncoder):
     pooling_type: Parameter(K.POOLING_TYPE, fallback=0, check=one_of(*K.POOLING_TYPES))
     head_dim: Parameter(_head_dim)
     default_pooling: Parameter(_pooling_name)
-    weight_type: Parameter(None, check=_weight_type)
+    weight_type: Parameter(None, check=optional_type_in('F32', 'F16', 'BF16', 'Q8_0'))
 
     # weights, by their GGUF names; the matrices in weight_type (None: as stored)
     token_embd: Tensor(None, ('n_embd', None), name='token_embd.weight')

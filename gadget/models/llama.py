@@ -19,7 +19,8 @@ import numpy as np
 from .. import ggml as G
 from ..errors import ContextOverflowError, ModelFileError
 from ..gguf import keys as K
-from ..model import (Parameter, State, Tensor, divides, even_at_most, one_of, positive_float, positive_int)
+from ..model import (Parameter, State, Tensor, divides, even_at_most, one_of, optional_type_in,
+                     positive_float, positive_int)
 from .decoder import DEFAULT_CONTEXT, KV_STEP, CachedDecoder
 from .layers import Rope, attention, kv_cache_write, rms_norm, swiglu_feed_forward
 from .registry import register
@@ -46,6 +47,8 @@ class LlamaModel(CachedDecoder):
     matmul + softmax over a transposed V cache, as llama.cpp computes attention by default and
     llama-cpp-python's ``flash_attn=False``; True: GGML's fused flash attention, as llama.cpp with
     flash attention on). Each gives the same greedy tokens as its llama.cpp counterpart.
+    ``weight_type`` (None: as stored; ``'BF16'``, ``'F16'``, ``'Q8_0'`` or ``'F32'``: each layer's
+    matrices converted once, when loaded; the embedding and the head stay as stored).
 
     Call it with token ids: ``logits = model(tokens)`` returns the logits of the last position
     (numpy ``(n_vocab,)``), or of every new position with ``all_logits=True`` (``(n, n_vocab)``).
@@ -72,18 +75,21 @@ class LlamaModel(CachedDecoder):
     n_q: Parameter(lambda p: p['n_head'] * p['head_dim'])
     n_kv: Parameter(lambda p: p['n_head_kv'] * p['head_dim'])
     n_rot_half: Parameter(lambda p: p['n_rot'] // 2)
+    # None: the matrices as stored; a type: each layer's matrices converted once, when loaded
+    # (e.g. 'BF16': GGML's BF16 kernels, the fastest for long prompts on CPUs with AVX-512-BF16)
+    weight_type: Parameter(None, check=optional_type_in('F32', 'F16', 'BF16', 'Q8_0'))
 
-    # weights, by their GGUF names
+    # weights, by their GGUF names; each layer's matrices in weight_type (None: as stored)
     token_embd: Tensor(None, ('n_embd', None), name='token_embd.weight')
     attn_norm: Tensor('F32', ('n_embd',), name='blk.{i}.attn_norm.weight', repeat='n_layer')
-    attn_q: Tensor(None, ('n_embd', 'n_q'), name='blk.{i}.attn_q.weight', repeat='n_layer')
-    attn_k: Tensor(None, ('n_embd', 'n_kv'), name='blk.{i}.attn_k.weight', repeat='n_layer')
-    attn_v: Tensor(None, ('n_embd', 'n_kv'), name='blk.{i}.attn_v.weight', repeat='n_layer')
-    attn_output: Tensor(None, ('n_q', 'n_embd'), name='blk.{i}.attn_output.weight', repeat='n_layer')
+    attn_q: Tensor('weight_type', ('n_embd', 'n_q'), name='blk.{i}.attn_q.weight', repeat='n_layer')
+    attn_k: Tensor('weight_type', ('n_embd', 'n_kv'), name='blk.{i}.attn_k.weight', repeat='n_layer')
+    attn_v: Tensor('weight_type', ('n_embd', 'n_kv'), name='blk.{i}.attn_v.weight', repeat='n_layer')
+    attn_output: Tensor('weight_type', ('n_q', 'n_embd'), name='blk.{i}.attn_output.weight', repeat='n_layer')
     ffn_norm: Tensor('F32', ('n_embd',), name='blk.{i}.ffn_norm.weight', repeat='n_layer')
-    ffn_gate: Tensor(None, ('n_embd', 'n_ff'), name='blk.{i}.ffn_gate.weight', repeat='n_layer')
-    ffn_up: Tensor(None, ('n_embd', 'n_ff'), name='blk.{i}.ffn_up.weight', repeat='n_layer')
-    ffn_down: Tensor(None, ('n_ff', 'n_embd'), name='blk.{i}.ffn_down.weight', repeat='n_layer')
+    ffn_gate: Tensor('weight_type', ('n_embd', 'n_ff'), name='blk.{i}.ffn_gate.weight', repeat='n_layer')
+    ffn_up: Tensor('weight_type', ('n_embd', 'n_ff'), name='blk.{i}.ffn_up.weight', repeat='n_layer')
+    ffn_down: Tensor('weight_type', ('n_ff', 'n_embd'), name='blk.{i}.ffn_down.weight', repeat='n_layer')
     output_norm: Tensor('F32', ('n_embd',), name='output_norm.weight')
     output: Tensor(None, ('n_embd', None), name='output.weight', optional=True)   # absent: tied
     rope_freqs: Tensor('F32', ('n_rot_half',), name='rope_freqs.weight', optional=True)
