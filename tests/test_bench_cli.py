@@ -86,16 +86,19 @@ def test_textgen_tables():
     out = proc.stdout
     assert 'not representative' in out and '## Text generation' in out
     assert '| | load s | prefill tok/s | decode tok/s | python ms/tok |' in out
-    for name in ('gadget (default)', 'gadget `flash_attn=True`'):
+    for name in ('gadget (default)', 'gadget `flash_attn=True`', "gadget `weight_type='BF16'`"):
         load, prefill, decode, python_ms = (float(v.replace(',', '')) for v in table_row(out, name))
         assert load > 0 and prefill > 0 and decode > 0 and python_ms > 0
+    # transformers (a test dependency) runs in a process of its own, on the GGUF dequantized
+    assert float(table_row(out, 'transformers (F32)')[1].replace(',', '')) > 0
+    assert re.search(r'\| BF16 weights \| transformers \| [\d.]+× \| [\d.]+× \|', out)
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         assert 'llama-cpp-python: not installed: ' in out
     else:
         assert float(table_row(out, 'llama-cpp-python (default)')[1].replace(',', '')) > 0
-        assert re.search(r'\| default \| [\d.]+× \| [\d.]+× \|', out)
+        assert re.search(r'\| default \| llama-cpp-python \| [\d.]+× \| [\d.]+× \|', out)
 
 
 @pytest.mark.slow

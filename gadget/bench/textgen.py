@@ -1,11 +1,15 @@
-"""Text generation speed: gadget's LlamaModel against llama-cpp-python on the same GGUF, same run.
+"""Text generation speed: gadget's LlamaModel against llama-cpp-python on the same GGUF, and
+against transformers (torch, the GGUF dequantized to F32), same run.
 
 For each: load time, prefill tok/s (a prompt of ``prompt`` tokens), decode tok/s (``gen`` greedy
 tokens), and for gadget the Python time per decoded token (the step's wall time minus GGML's
-compute time). Both libraries are compared like for like: their defaults (attention as matmul +
-softmax), and both with flash attention. They alternate in one process, so both see the same
-machine state. llama-cpp-python builds from source:
-``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python``.
+compute time). gadget and llama-cpp-python are compared like for like: their defaults (attention as
+matmul + softmax), and both with flash attention; gadget also with ``weight_type='BF16'`` (each
+layer's matrices converted to BF16 when loaded: GGML's BF16 kernels, faster for long prompts on
+CPUs with AVX-512-BF16). gadget and llama-cpp-python alternate in one process (they share the
+system's OpenMP), so both see the same machine state; transformers runs in a process of its own
+each round (torch brings its own OpenMP, whose idle threads would slow whatever runs next).
+llama-cpp-python builds from source: ``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .common import alternate, find_peer, markdown_table, median, number, plural, progress_bar, ratio
+from .common import (alternate, find_peer, in_subprocess, markdown_table, median, number, plural,
+                     progress_bar, ratio)
 
 __all__ = ['TEXT', 'CONTEXT_LENGTH', 'QUICK', 'prompt_tokens', 'run_gadget', 'run_llama_cpp', 'run', 'report']
 
@@ -28,6 +33,7 @@ CONTEXT_LENGTH = 1024
 # What --quick runs: small sizes, 1-2 repeats.
 QUICK: dict[str, Any] = {'repeats': 1, 'prompt': 32, 'gen': 16}
 LLAMA_CPP_INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
+TRANSFORMERS_INSTALL = 'pip install torch transformers gguf'
 
 
 def prompt_tokens(path: str | os.PathLike, n: int) -> list[int]:
@@ -41,14 +47,15 @@ def prompt_tokens(path: str | os.PathLike, n: int) -> list[int]:
     return [int(t) for t in ids[:n]]
 
 
-def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int, flash_attn: bool) -> dict[str, float]:
+def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int, flash_attn: bool,
+               weight_type: str | None = None) -> dict[str, float]:
     """Load the model with gadget, prefill ``tokens``, decode ``n_gen`` greedy tokens; return
     ``load_s``, ``prefill_tps``, ``decode_tps`` and ``python_ms_per_token``."""
     from ..models import LlamaModel
 
     start = time.perf_counter()
     model = LlamaModel.from_path(path, n_threads=threads, context_length=CONTEXT_LENGTH, batch_size=512,
-                                 flash_attn=flash_attn)
+                                 flash_attn=flash_attn, weight_type=weight_type)
     load = time.perf_counter() - start
     try:
         model([tokens[0]])                      # build the decode graph once (warm-up), then start over
@@ -97,17 +104,48 @@ def run_llama_cpp(path: str, tokens: list[int], n_gen: int, threads: int,
     return {'load_s': load, 'prefill_tps': len(tokens) / prefill, 'decode_tps': n_gen / decode}
 
 
+def run_transformers(path: str, tokens: list[int], n_gen: int, threads: int) -> dict[str, float]:
+    """The same with transformers: the GGUF dequantized to an F32 torch model (``load_s`` includes
+    the dequantization), prefill as one forward pass, decode with its KV cache (``past_key_values``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name,
+                                                 dtype=torch.float32)
+    model.eval()
+    load = time.perf_counter() - start
+    ids = torch.tensor([tokens])
+    with torch.inference_mode():
+        model(ids[:, :1])                       # warm-up
+        start = time.perf_counter()
+        out = model(ids, use_cache=True)
+        prefill = time.perf_counter() - start
+        past, token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+        out = model(token, past_key_values=past, use_cache=True)
+        past, token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+        start = time.perf_counter()
+        for _ in range(n_gen):
+            out = model(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[0, -1].argmax().view(1, 1)
+        decode = time.perf_counter() - start
+    return {'load_s': load, 'prefill_tps': len(tokens) / prefill, 'decode_tps': n_gen / decode}
+
+
 def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 5, prompt: int = 256,
         gen: int = 128, progress: bool = True) -> dict[str, Any]:
-    """Measure gadget (default and ``flash_attn=True``) and, when installed, llama-cpp-python (the
-    same two), alternating for ``repeats`` rounds; medians.
+    """Measure gadget (default, ``flash_attn=True``, ``weight_type='BF16'``) and, when installed,
+    llama-cpp-python (default and ``flash_attn=True``) and transformers, alternating for
+    ``repeats`` rounds; medians.
 
     Arguments:
         path: a Llama-architecture GGUF (default: gadget's default model, SmolLM2-135M-Instruct Q4_1).
 
     Returns ``{'suite': 'textgen', 'settings', 'peers', 'model', 'rows': [{'name', 'library',
-    'flash_attn', 'load_s', 'prefill_tps', 'decode_tps', 'python_ms_per_token'}], 'ratios': [{'mode',
-    'prefill', 'decode', 'load_faster'}]}`` (gadget / llama-cpp-python; no ratios without the peer).
+    'flash_attn', 'weight_type', 'load_s', 'prefill_tps', 'decode_tps', 'python_ms_per_token'}],
+    'ratios': [{'mode', 'peer', 'prefill', 'decode', 'load_faster'}]}`` (gadget / the peer; no
+    ratios for an absent peer).
     """
     if prompt < 1 or gen < 1 or prompt + gen + 2 > CONTEXT_LENGTH:
         raise ValueError(f'prompt ({prompt}) and gen ({gen}) must be positive and fit in '
@@ -119,53 +157,69 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
     tokens = prompt_tokens(path, prompt)
     peer = find_peer('llama-cpp-python', ['llama_cpp'], 'llama_cpp_python', LLAMA_CPP_INSTALL,
                      import_first=True)
-    # (name, library, flash_attn, runner); gadget and the peer interleaved, as the table shows them.
-    configs: list[tuple[str, str, bool, Callable[[], dict[str, float]]]] = []
+    hf = find_peer('transformers', ['transformers', 'torch', 'gguf'], 'transformers', TRANSFORMERS_INSTALL)
+    # (name, library, flash_attn, weight_type, runner); gadget and the peers interleaved, as the
+    # table shows them.
+    configs: list[tuple[str, str, bool, str | None, Callable[[], dict[str, float]]]] = []
     for flash in (False, True):
         mode = '`flash_attn=True`' if flash else '(default)'
-        configs.append((f'gadget {mode}', 'gadget', flash,
+        configs.append((f'gadget {mode}', 'gadget', flash, None,
                         functools.partial(run_gadget, path, tokens, gen, threads, flash)))
         if peer.present:
-            configs.append((f'llama-cpp-python {mode}', 'llama-cpp-python', flash,
+            configs.append((f'llama-cpp-python {mode}', 'llama-cpp-python', flash, None,
                             functools.partial(run_llama_cpp, path, tokens, gen, threads, flash)))
+    configs.append(("gadget `weight_type='BF16'`", 'gadget', False, 'BF16',
+                    functools.partial(run_gadget, path, tokens, gen, threads, False, 'BF16')))
+    if hf.present:
+        configs.append(('transformers (F32)', 'transformers', False, None, functools.partial(
+            in_subprocess, f'{__name__}:run_transformers',
+            {'path': path, 'tokens': tokens, 'n_gen': gen, 'threads': threads})))
     bar = progress_bar(repeats * len(configs), 'textgen', progress)
-    runs = alternate({name: fn for name, _, _, fn in configs}, repeats, bar)
+    runs = alternate({name: fn for name, _, _, _, fn in configs}, repeats, bar)
     bar.close()
     rows = []
-    for name, library, flash, _ in configs:
+    for name, library, flash, wtype, _ in configs:
         results = runs[name]
-        row: dict[str, Any] = {'name': name, 'library': library, 'flash_attn': flash}
+        row: dict[str, Any] = {'name': name, 'library': library, 'flash_attn': flash, 'weight_type': wtype}
         for key in ('load_s', 'prefill_tps', 'decode_tps', 'python_ms_per_token'):
             row[key] = median(r[key] for r in results) if key in results[0] else None
         rows.append(row)
-    ratios = []
-    by_key = {(row['library'], row['flash_attn']): row for row in rows}
+    by_key = {(row['library'], row['flash_attn'], row['weight_type']): row for row in rows}
+    pairs = []   # (mode, gadget row, peer row)
     if peer.present:
-        for flash in (False, True):
-            g, p = by_key['gadget', flash], by_key['llama-cpp-python', flash]
-            ratios.append({'mode': 'flash_attn' if flash else 'default',
-                           'prefill': g['prefill_tps'] / p['prefill_tps'],
-                           'decode': g['decode_tps'] / p['decode_tps'],
-                           'load_faster': p['load_s'] / g['load_s']})
+        pairs += [('flash_attn' if flash else 'default', by_key['gadget', flash, None],
+                   by_key['llama-cpp-python', flash, None]) for flash in (False, True)]
+        pairs.append(('BF16 weights', by_key['gadget', False, 'BF16'],
+                      by_key['llama-cpp-python', False, None]))
+    if hf.present:
+        pairs += [(mode, by_key['gadget', False, wtype], by_key['transformers', False, None])
+                  for mode, wtype in (('default', None), ('BF16 weights', 'BF16'))]
+    ratios = [{'mode': mode, 'peer': p['library'], 'prefill': g['prefill_tps'] / p['prefill_tps'],
+               'decode': g['decode_tps'] / p['decode_tps'], 'load_faster': p['load_s'] / g['load_s']}
+              for mode, g, p in pairs]
     return {'suite': 'textgen', 'title': 'Text generation',
             'settings': {'threads': threads, 'repeats': repeats, 'prompt': prompt, 'gen': gen},
-            'model': {'path': path, 'name': Path(path).name}, 'peers': [peer.as_dict()], 'rows': rows,
-            'ratios': ratios}
+            'model': {'path': path, 'name': Path(path).name}, 'peers': [peer.as_dict(), hf.as_dict()],
+            'rows': rows, 'ratios': ratios}
 
 
 def report(result: dict[str, Any]) -> str:
     """The table of ``benchmarks/RESULTS.md``'s text-generation sections, from :func:`run`'s result."""
-    s, peer = result['settings'], result['peers'][0]
+    s = result['settings']
     table = markdown_table(['', 'load s', 'prefill tok/s', 'decode tok/s', 'python ms/tok'],
                            [[r['name'], number(r['load_s'], 3), number(r['prefill_tps']),
                              number(r['decode_tps']), '' if r['python_ms_per_token'] is None
                              else number(r['python_ms_per_token'], 3)] for r in result['rows']])
+    present = [p for p in result['peers'] if p['version'] is not None]
+    absent = [f"{p['name']}: {p['reason']}" for p in result['peers'] if p['version'] is None]
     if result['ratios']:
-        ratios = markdown_table(['gadget / llama-cpp-python', 'prefill', 'decode', 'load'],
-                                [[q['mode'], ratio(q['prefill']), ratio(q['decode']),
+        ratios = markdown_table(['gadget / peer', 'peer', 'prefill', 'decode', 'load'],
+                                [[q['mode'], q['peer'], ratio(q['prefill']), ratio(q['decode']),
                                   f"{q['load_faster']:.1f}× faster"] for q in result['ratios']])
-        who = f"gadget and llama-cpp-python {peer['version']} alternating in one process"
     else:
-        ratios, who = f"{peer['name']}: {peer['reason']}; no comparison.", 'gadget alone'
+        ratios = 'no comparison.'
+    who = ', '.join(f"{p['name']} {p['version']}" for p in present) or 'gadget alone'
+    notes = ''.join(f'\n\n{line}' for line in absent)
     return (f"{result['model']['name']}, {plural(s['threads'], 'thread')}, a {s['prompt']}-token prompt, "
-            f"{s['gen']} greedy tokens; {who}, median of {s['repeats']}:\n\n{table}\n\n{ratios}")
+            f"{s['gen']} greedy tokens; gadget and {who} alternating, median of {s['repeats']}:\n\n"
+            f"{table}\n\n{ratios}{notes}")
