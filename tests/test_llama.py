@@ -113,3 +113,25 @@ def test_context_overflow_is_an_error_before_compute(tmp_path_factory, tok):
             model([])
         with pytest.raises(TypeError, match='integers'):
             model([1.5])
+
+
+@pytest.mark.parametrize('weight_type, atol', [('F16', 2e-2), ('BF16', 1e-1), ('Q8_0', 1e-1)])
+def test_weight_type_converts_the_layer_matrices_once(pair, tok, weight_type, atol):
+    from gadget.types import as_ggml_type
+    hf, path = pair
+    ids = tok(PROMPT)['input_ids']
+    expected = hf_logits(hf, ids)
+    with LlamaModel.from_path(path, kv_type='F32', context_length=64, weight_type=weight_type) as model:
+        assert model.tensors['blk.0.ffn_up.weight'].type == as_ggml_type(weight_type)
+        assert model.tensors['blk.1.attn_q.weight'].type == as_ggml_type(weight_type)
+        assert model.tensors['token_embd.weight'].type == as_ggml_type('F32')    # as stored
+        got = model(ids, all_logits=True)
+    scale = np.abs(expected).max()
+    assert np.abs(got - expected).max() <= atol * scale
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
+
+
+def test_weight_type_outside_the_list_is_refused(pair):
+    _, path = pair
+    with pytest.raises(ValueError, match=r"weight_type.*'Q4_1'.*'F32', 'F16', 'BF16', 'Q8_0'"):
+        LlamaModel.from_path(path, weight_type='Q4_1')

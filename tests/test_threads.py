@@ -35,3 +35,27 @@ def test_default_is_within_the_affinity_mask():
     usable = len(os.sched_getaffinity(0))
     assert 1 <= default_threads() <= usable
     assert default_threads() == physical_cores(os.sched_getaffinity(0))
+
+
+def test_thread_count_changes_keep_results_and_close_frees_the_pool():
+    # The CPU backend's thread pool is gadget's own (made again on every change of thread count).
+    import numpy as np
+
+    from gadget import ggml as G
+    from gadget.backends import Backend
+    from gadget.compute import GgmlCompute
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 96), dtype=np.float32), rng.standard_normal((48, 96), dtype=np.float32)
+    backend = Backend('cpu', n_threads=2)
+    with GgmlCompute({}, {'a': ('F32', (96, 64)), 'b': ('F32', (96, 48))},
+                     lambda ctx, p, t: G.ggml_mul_mat(ctx, t['a'], t['b']), backend=backend) as c:
+        results = []
+        for n in (2, 1, 3, 2):
+            backend.set_n_threads(n)
+            results.append(c(a=a, b=b))
+    for got in results:
+        np.testing.assert_allclose(got, b @ a.T, rtol=1e-5, atol=1e-4)
+    backend.close()
+    backend.close()
+    assert 'closed' in repr(backend)
