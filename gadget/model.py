@@ -44,7 +44,7 @@ from .compute import GgmlCompute, HostRegion
 from .errors import ModelFileError
 from .gguf import GgufFile
 from .gguf import keys as K
-from .types import TypeLike, as_ggml_type
+from .types import TypeLike, as_ggml_type, is_quantized
 
 __all__ = ['GgmlModel', 'Parameter', 'Tensor', 'Input', 'Buffer', 'State', 'ROLES', 'positive_int',
            'positive_float', 'one_of', 'divides', 'even_at_most', 'at_most', 'ggml_type_in']
@@ -473,7 +473,7 @@ class GgmlModel(GgmlCompute):
         weights = set(_weight_names(cls, params))
         copied = [n for n in model.tensors if n in weights and n in gguf.tensors and n not in in_place]
         model._owns_gguf = close_gguf
-        return model._filled((name, gguf.get_tensor(name)) for name in copied)
+        return model._filled((name, _file_value(gguf, name, model.tensors[name].type)) for name in copied)
 
     def _filled(self: _Model, values: Iterable[tuple[str, Any]]) -> _Model:
         """Set ``values`` into the new model and build its graph; close it on any failure."""
@@ -561,6 +561,16 @@ def _mappable(cls: type[GgmlModel], gguf: GgufFile, params: dict[str, Any], spec
         if record.type == ttype and tuple(record.shape) == shape and start % 32 == 0:
             mapped.tensors[name] = base + start
     return mapped if mapped.tensors else None
+
+
+def _file_value(gguf: GgufFile, name: str, wanted: int) -> Any:
+    """A weight's data from the file, for a tensor of type ``wanted``: raw blocks for a quantized
+    tensor of the same type, float32 when a quantized one is declared in another type (converted
+    on the way in), the stored array otherwise."""
+    stored = gguf.get_tensor_type(name)
+    if is_quantized(stored) and int(stored) != int(wanted):
+        return gguf.dequantize(name)
+    return gguf.get_tensor(name)
 
 
 def _declared_names(cls: type[GgmlModel], params: Mapping[str, Any]) -> list[str]:

@@ -135,3 +135,23 @@ def test_weight_type_outside_the_list_is_refused(pair):
     _, path = pair
     with pytest.raises(ValueError, match=r"weight_type.*'Q4_1'.*'F32', 'F16', 'BF16', 'Q8_0'"):
         LlamaModel.from_path(path, weight_type='Q4_1')
+
+
+def test_weight_type_from_a_quantized_file(tmp_path_factory, tok):
+    # A Q8_0 file loaded with weight_type='BF16': the blocks are dequantized, then converted.
+    from gadget.types import as_ggml_type
+    hf = tiny_llama(tok)
+    folder = tmp_path_factory.mktemp('q8')
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    path = convert_llama(folder, folder / 'model.gguf', 'Q8_0', progress=False)
+    ids = tok(PROMPT)['input_ids']
+    with LlamaModel.from_path(path, kv_type='F32', context_length=64) as stored, \
+            LlamaModel.from_path(path, kv_type='F32', context_length=64, weight_type='BF16') as bf16:
+        assert stored.tensors['blk.0.ffn_up.weight'].type == as_ggml_type('Q8_0')
+        assert bf16.tensors['blk.0.ffn_up.weight'].type == as_ggml_type('BF16')
+        a, b = stored(ids, all_logits=True), bf16(ids, all_logits=True)
+    expected = hf_logits(hf, ids)
+    scale = np.abs(expected).max()
+    assert np.abs(a - expected).max() <= 0.1 * scale and np.abs(b - expected).max() <= 0.1 * scale
+    assert np.abs(a - b).max() <= 0.1 * scale
