@@ -38,7 +38,11 @@ DEFAULT_CMAKE_ARGS = [
     '-DCMAKE_BUILD_TYPE=Release',
     '-DBUILD_SHARED_LIBS=ON',
     '-DGGML_NATIVE=ON',
-    '-DGGML_OPENMP=ON',
+    # GGML's own thread pool, not OpenMP: gadget owns it (gadget/backends.py) and lets its idle
+    # workers sleep as soon as a graph is done, which OpenMP's spin-waiting cannot do per graph. The
+    # CPU backend alone runs at the same speed either way; with the BLAS backend, GGML's OpenMP
+    # threads and OpenBLAS's fought over the cores (prefill 7x slower, benchmarks/RESULTS.md).
+    '-DGGML_OPENMP=OFF',
     '-DGGML_LLAMAFILE=ON',
     '-DGGML_RPC=ON',
     '-DGGML_BUILD_TESTS=OFF',

@@ -95,9 +95,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_blas_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--blas', action=argparse.BooleanOptionalAction, default=False,
-                        help='matrix products of >= 32 rows through GGML\'s BLAS backend (OpenBLAS), in a '
-                        'build with it (GADGET_BLAS=1); default off (--no-blas)')
+    parser.add_argument('--blas', action=argparse.BooleanOptionalAction, default=None,
+                        help='matrix products of >= 32 rows through GGML\'s BLAS backend (OpenBLAS); '
+                        'default: on in a build with it (GADGET_BLAS=1), --no-blas to turn it off')
 
 
 _SAMPLING = ('temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty')

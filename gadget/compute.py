@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .arrays import FRAMEWORKS, get_tensor_data, set_tensor_data
-from .backends import Backend
+from .backends import Backend, backends
 from .errors import ClosedError, GadgetError
 from .ggml import describe_tensor, ffi, lib
 from . import ggml as G
@@ -32,6 +32,9 @@ from .types import TypeLike, as_ggml_type
 __all__ = ['GgmlCompute', 'TensorDict', 'HostRegion', 'DEFAULT_GRAPH_SIZE']
 
 DEFAULT_GRAPH_SIZE = 8192
+# Ops that only reinterpret a tensor's memory: no backend computes them.
+_LAYOUT_OPS = frozenset((lib.GGML_OP_NONE, lib.GGML_OP_VIEW, lib.GGML_OP_RESHAPE, lib.GGML_OP_PERMUTE,
+                         lib.GGML_OP_TRANSPOSE))
 # GGML_SCHED_MAX_BACKENDS of ggml-backend.cpp (not in a header): more aborts ggml_backend_sched_new
 SCHED_MAX_BACKENDS = 16
 
@@ -123,8 +126,10 @@ class GgmlCompute:
             ``offload`` is given).
         blas: offload matrix products of at least 32 rows on each side to GGML's BLAS backend
             (OpenBLAS's sgemm, after converting quantized or F16 weights to F32; the CPU backend
-            runs the rest), in a build with it (``GADGET_BLAS=1``). Default False: where it wins
-            and where it loses is in benchmarks/RESULTS.md.
+            runs the rest), in a build with it (``GADGET_BLAS=1``). Default None: on for the CPU
+            backend in a build with BLAS (it wins on prefill and batched embeddings, see
+            benchmarks/RESULTS.md), off otherwise. A graph in which BLAS would take no node (a
+            decode step: one row) runs on the CPU backend directly, without the scheduler.
     """
 
     def __init__(self, params: Mapping[str, Any], tensors: Mapping[str, tuple[TypeLike, Sequence[int]]],
@@ -132,7 +137,7 @@ class GgmlCompute:
                  n_threads: int | None = None, graph_size: int = DEFAULT_GRAPH_SIZE,
                  keep: Iterable[str] = (), mapped: HostRegion | None = None,
                  offload: Sequence[str | Backend] = (), scheduler: bool | None = None,
-                 blas: bool = False):
+                 blas: bool | None = None):
         if framework not in FRAMEWORKS:
             raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}')
         self.params = dict(params)
@@ -163,10 +168,17 @@ class GgmlCompute:
         self.graph = None
         self.outputs: tuple[Any, ...] = ()
         self.model = model
+        # Whether the current graph runs through the scheduler (see create_graph), and whether
+        # every graph must (scheduler=True).
+        self._graph_on_sched = False
+        self._sched_always = bool(scheduler)
         try:
             offload = [offload] if isinstance(offload, (str, Backend)) else list(offload)
-            if blas not in (True, False):
-                raise ValueError(f'blas must be True or False, got {blas!r}')
+            if blas not in (True, False, None):
+                raise ValueError(f'blas must be True, False or None (on where the build has it), '
+                                 f'got {blas!r}')
+            if blas is None:
+                blas = self.backend.kind == 'cpu' and 'blas' in backends()
             if blas and 'blas' not in [b if isinstance(b, str) else b.name for b in offload]:
                 offload.append('blas')
             self._create_scheduler(offload, n_threads, scheduler)
@@ -211,20 +223,42 @@ class GgmlCompute:
 
     @property
     def scheduled(self) -> bool:
-        """Whether graphs run through GGML's scheduler (``offload`` or ``scheduler=True`` was given)."""
+        """Whether graphs can run through GGML's scheduler (``offload``, ``blas`` or
+        ``scheduler=True``); :attr:`graph_scheduled` says whether the current one does."""
         return self._handles.sched is not None
 
+    @property
+    def graph_scheduled(self) -> bool:
+        """Whether the current graph runs through the scheduler: False when no offload backend
+        would take any of its nodes (all of them host backends such as BLAS), unless
+        ``scheduler=True``; such a graph runs on the main backend directly."""
+        self._require_graph()
+        return self._graph_on_sched
+
+    def _offloads_some_node(self, graph: Any) -> bool:
+        """Whether an offload backend would take a node of ``graph``. Backends with memory of
+        their own (a GPU) may hold weights, so the scheduler always decides for them; a host backend
+        (BLAS) takes a node only where it supports the op."""
+        if self._sched_always or any(not b.is_host for b in self.offload):
+            return True
+        for i in range(lib.ggml_graph_n_nodes(graph)):
+            node = lib.ggml_graph_node(graph, i)
+            if node.op in _LAYOUT_OPS:
+                continue      # views and reshapes: every backend "supports" them, none computes them
+            if any(lib.ggml_backend_supports_op(b.handle, node) for b in self.offload):
+                return True
+        return False
+
     def _graph_compute(self, graph: Any) -> int:
-        sched = self._handles.sched
-        if sched is None:
+        if not self._graph_on_sched:
             return lib.ggml_backend_graph_compute(self.backend.handle, graph)
-        return lib.ggml_backend_sched_graph_compute(sched, graph)
+        return lib.ggml_backend_sched_graph_compute(self._handles.sched, graph)
 
     def node_backends(self) -> dict[str, str]:
         """The backend (GGML's name: ``'CPU'``, ``'BLAS'``, ``'CUDA0'``...) each named node of the
         current graph runs on: the scheduler's assignment, or the one backend without it."""
         graph = self._require_graph()
-        sched = self._handles.sched
+        sched = self._handles.sched if self._graph_on_sched else None
         only = ffi.string(lib.ggml_backend_name(self.backend.handle)).decode()
         out = {}
         for i in range(lib.ggml_graph_n_nodes(graph)):
@@ -375,7 +409,8 @@ class GgmlCompute:
                 raise KeyError(f'keep: no node named {name!r} in the graph; named nodes: '
                                f'{", ".join(self.named_nodes()) or "(none)"}')
             lib.ggml_set_output(node)
-        if h.sched is not None:
+        self._graph_on_sched = h.sched is not None and self._offloads_some_node(self.graph)
+        if self._graph_on_sched:
             # The scheduler assigns each node a backend, splits the graph where that changes and
             # allocates the activations (its buffers grow when a new graph needs more).
             # Plan anew (reserve) for every new graph, for the reason below: the scheduler's allocator
@@ -520,10 +555,11 @@ class GgmlCompute:
     def graph_memory(self) -> int:
         """Bytes of the graph allocator's buffer (activations)."""
         h = self._handles
+        total = lib.ggml_gallocr_get_buffer_size(h.gallocr, 0) if h.gallocr is not None else 0
         if h.sched is not None:
-            return sum(lib.ggml_backend_sched_get_buffer_size(h.sched, b.handle)
-                       for b in [*self.offload, self.backend])
-        return lib.ggml_gallocr_get_buffer_size(h.gallocr, 0) if h.gallocr is not None else 0
+            total += sum(lib.ggml_backend_sched_get_buffer_size(h.sched, b.handle)
+                         for b in [*self.offload, self.backend])
+        return total
 
     def close(self) -> None:
         """Free the graph, the buffers, the contexts and (if created here) the backend. Idempotent;

@@ -140,7 +140,7 @@ def optional_type_in(*allowed: str) -> Callable[[Any, Mapping[str, Any]], str | 
     inner = ggml_type_in(*allowed)
 
     def check(value: Any, params: Mapping[str, Any] | None = None) -> str | None:
-        return None if value is None else inner(value, params)
+        return None if value is None else inner(value, params or {})
     return check
 
 

@@ -34,8 +34,8 @@ def test_without_a_blas_build_asking_for_it_is_an_error():
         GgmlCompute({}, specs('F32', 64, 64, 64), product, blas=True)
 
 
-def test_blas_takes_only_true_or_false():
-    with pytest.raises(ValueError, match='blas must be True or False'):
+def test_blas_takes_only_true_false_or_none():
+    with pytest.raises(ValueError, match='blas must be True, False or None'):
         GgmlCompute({}, specs('F32', 64, 64, 64), product, blas='yes')
 
 
@@ -45,7 +45,7 @@ def test_large_products_go_to_blas_and_agree_with_the_cpu(wtype, rtol):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((96, 128)).astype(np.float32)
     x = rng.standard_normal((64, 128)).astype(np.float32)
-    with GgmlCompute({}, specs(wtype, 128, 96, 64), product) as cpu, \
+    with GgmlCompute({}, specs(wtype, 128, 96, 64), product, blas=False) as cpu, \
             GgmlCompute({}, specs(wtype, 128, 96, 64), product, blas=True) as blas:
         for c in (cpu, blas):
             c.set_input('w', w)
@@ -76,7 +76,8 @@ def test_the_blas_backend_takes_a_thread_count():
 @needs_blas
 def test_a_language_model_with_blas_agrees_and_decodes_on_the_cpu():
     path = default_model_path()
-    with load_model(path, context_length=512) as cpu, load_model(path, context_length=512, blas=True) as blas:
+    with load_model(path, context_length=512, blas=False) as cpu, \
+            load_model(path, context_length=512, blas=True) as blas:
         prompt = list(range(300, 400))
         a, b = cpu(prompt, all_logits=True), blas(prompt, all_logits=True)
         assert np.mean(np.argmax(a, -1) == np.argmax(b, -1)) > 0.8     # (random ids: many near-ties)
@@ -88,3 +89,27 @@ def test_a_language_model_with_blas_agrees_and_decodes_on_the_cpu():
         assert {placed[n] for n in ('attn_out0', 'ffn0_up', 'ffn29_out', 'result_output')} == {'CPU'}
     with TextGen(path, blas=True, context_length=256) as gen:
         assert 'Paris' in gen.generate('The capital of France is', max_gen=8, temperature=0)
+
+
+def test_the_default_is_blas_where_the_build_has_it():
+    with GgmlCompute({}, specs('F32', 128, 96, 64), product) as c:
+        c.compute()
+        assert c.scheduled == HAS_BLAS and c.graph_scheduled == HAS_BLAS
+        assert c.node_backends()['product'] == ('BLAS' if HAS_BLAS else 'CPU')
+    with GgmlCompute({}, specs('F32', 128, 96, 64), product, blas=False) as c:
+        assert not c.scheduled and not c.graph_scheduled
+
+
+@needs_blas
+def test_a_graph_blas_takes_nothing_of_runs_directly():
+    # a decode step (one row): no node for BLAS, so no scheduler, unless scheduler=True
+    with load_model(default_model_path(), context_length=256) as model:
+        model(list(range(300, 364)))
+        assert model.graph_scheduled
+        logits = model([5])
+        assert not model.graph_scheduled and set(model.node_backends().values()) == {'CPU'}
+        model.rewind(64)
+        with load_model(default_model_path(), context_length=256, scheduler=True) as always:
+            always(list(range(300, 364)))
+            np.testing.assert_allclose(always([5]), logits, rtol=0, atol=1e-4)
+            assert always.graph_scheduled

@@ -231,7 +231,10 @@ def test_libraries_are_found_without_ld_library_path():
     for name in linked:
         line = next((ln for ln in ldd.splitlines() if name in ln), None)
         assert line is not None and str(ext.parent / 'lib') in line, (name, ldd)
-    assert 'not found' not in ldd
+    # A BLAS build's OpenBLAS (the scipy-openblas32 wheel's) is loaded by gadget/_ffi.py at import,
+    # from where that package is installed: the dynamic loader alone does not know it.
+    missing = [ln for ln in ldd.splitlines() if 'not found' in ln and 'libscipy_openblas' not in ln]
+    assert not missing, ldd
     for module in modules:
         path = ext.parent / 'lib' / module
         assert path.is_file(), path

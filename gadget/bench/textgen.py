@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..backends import backends
 from .common import (alternate, find_peer, in_subprocess, markdown_table, median, number, plural,
                      progress_bar, ratio)
 
@@ -33,7 +34,7 @@ CONTEXT_LENGTH = 1024
 # What --quick runs: small sizes, 1-2 repeats.
 QUICK: dict[str, Any] = {'repeats': 1, 'prompt': 32, 'gen': 16}
 LLAMA_CPP_INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
-TRANSFORMERS_INSTALL = 'pip install torch transformers gguf'
+TRANSFORMERS_INSTALL = 'pip install torch transformers gguf accelerate'
 
 
 def prompt_tokens(path: str | os.PathLike, n: int) -> list[int]:
@@ -48,14 +49,14 @@ def prompt_tokens(path: str | os.PathLike, n: int) -> list[int]:
 
 
 def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int, flash_attn: bool,
-               weight_type: str | None = None) -> dict[str, float]:
+               weight_type: str | None = None, blas: bool | None = None) -> dict[str, float]:
     """Load the model with gadget, prefill ``tokens``, decode ``n_gen`` greedy tokens; return
     ``load_s``, ``prefill_tps``, ``decode_tps`` and ``python_ms_per_token``."""
     from ..models import LlamaModel
 
     start = time.perf_counter()
     model = LlamaModel.from_path(path, n_threads=threads, context_length=CONTEXT_LENGTH, batch_size=512,
-                                 flash_attn=flash_attn, weight_type=weight_type)
+                                 flash_attn=flash_attn, weight_type=weight_type, blas=blas)
     load = time.perf_counter() - start
     try:
         model([tokens[0]])                      # build the decode graph once (warm-up), then start over
@@ -135,15 +136,17 @@ def run_transformers(path: str, tokens: list[int], n_gen: int, threads: int) -> 
 
 def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 5, prompt: int = 256,
         gen: int = 128, progress: bool = True) -> dict[str, Any]:
-    """Measure gadget (default, ``flash_attn=True``, ``weight_type='BF16'``) and, when installed,
+    """Measure gadget (default, ``flash_attn=True``, ``weight_type='BF16'``, and ``blas=False`` in a
+    build with BLAS) and, when installed,
     llama-cpp-python (default and ``flash_attn=True``) and transformers, alternating for
     ``repeats`` rounds; medians.
 
     Arguments:
         path: a Llama-architecture GGUF (default: gadget's default model, SmolLM2-135M-Instruct Q4_1).
 
-    Returns ``{'suite': 'textgen', 'settings', 'peers', 'model', 'rows': [{'name', 'library',
-    'flash_attn', 'weight_type', 'load_s', 'prefill_tps', 'decode_tps', 'python_ms_per_token'}],
+    Returns ``{'suite': 'textgen', 'blas_build', 'settings', 'peers', 'model', 'rows': [{'name',
+    'library', 'flash_attn', 'weight_type', 'blas' (None: the default), 'variant', 'load_s',
+    'prefill_tps', 'decode_tps', 'python_ms_per_token'}],
     'ratios': [{'mode', 'peer', 'prefill', 'decode', 'load_faster'}]}`` (gadget / the peer; no
     ratios for an absent peer).
     """
@@ -157,9 +160,10 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
     tokens = prompt_tokens(path, prompt)
     peer = find_peer('llama-cpp-python', ['llama_cpp'], 'llama_cpp_python', LLAMA_CPP_INSTALL,
                      import_first=True)
-    hf = find_peer('transformers', ['transformers', 'torch', 'gguf'], 'transformers', TRANSFORMERS_INSTALL)
-    # (name, library, flash_attn, weight_type, runner); gadget and the peers interleaved, as the
-    # table shows them.
+    hf = find_peer('transformers', ['transformers', 'torch', 'gguf', 'accelerate'], 'transformers',
+                   TRANSFORMERS_INSTALL)
+    # (name, library, flash_attn, variant, runner), variant None, 'BF16' (weight_type) or 'no BLAS'
+    # (blas=False); gadget and the peers interleaved, as the table shows them.
     configs: list[tuple[str, str, bool, str | None, Callable[[], dict[str, float]]]] = []
     for flash in (False, True):
         mode = '`flash_attn=True`' if flash else '(default)'
@@ -170,6 +174,10 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
                             functools.partial(run_llama_cpp, path, tokens, gen, threads, flash)))
     configs.append(("gadget `weight_type='BF16'`", 'gadget', False, 'BF16',
                     functools.partial(run_gadget, path, tokens, gen, threads, False, 'BF16')))
+    if 'blas' in backends():
+        # the default of a BLAS build is BLAS on: the CPU backend alone as well
+        configs.append(('gadget `blas=False`', 'gadget', False, 'no BLAS',
+                        functools.partial(run_gadget, path, tokens, gen, threads, False, None, False)))
     if hf.present:
         configs.append(('transformers (F32)', 'transformers', False, None, functools.partial(
             in_subprocess, f'{__name__}:run_transformers',
@@ -178,17 +186,22 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
     runs = alternate({name: fn for name, _, _, _, fn in configs}, repeats, bar)
     bar.close()
     rows = []
-    for name, library, flash, wtype, _ in configs:
+    for name, library, flash, variant, _ in configs:
         results = runs[name]
-        row: dict[str, Any] = {'name': name, 'library': library, 'flash_attn': flash, 'weight_type': wtype}
+        row: dict[str, Any] = {'name': name, 'library': library, 'flash_attn': flash,
+                               'weight_type': 'BF16' if variant == 'BF16' else None,
+                               'blas': False if variant == 'no BLAS' else None, 'variant': variant}
         for key in ('load_s', 'prefill_tps', 'decode_tps', 'python_ms_per_token'):
             row[key] = median(r[key] for r in results) if key in results[0] else None
         rows.append(row)
-    by_key = {(row['library'], row['flash_attn'], row['weight_type']): row for row in rows}
+    by_key = {(row['library'], row['flash_attn'], row['variant']): row for row in rows}
     pairs = []   # (mode, gadget row, peer row)
     if peer.present:
         pairs += [('flash_attn' if flash else 'default', by_key['gadget', flash, None],
                    by_key['llama-cpp-python', flash, None]) for flash in (False, True)]
+        if ('gadget', False, 'no BLAS') in by_key:
+            pairs.append(('`blas=False`', by_key['gadget', False, 'no BLAS'],
+                          by_key['llama-cpp-python', False, None]))
         pairs.append(('BF16 weights', by_key['gadget', False, 'BF16'],
                       by_key['llama-cpp-python', False, None]))
     if hf.present:
@@ -197,10 +210,19 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
     ratios = [{'mode': mode, 'peer': p['library'], 'prefill': g['prefill_tps'] / p['prefill_tps'],
                'decode': g['decode_tps'] / p['decode_tps'], 'load_faster': p['load_s'] / g['load_s']}
               for mode, g, p in pairs]
-    return {'suite': 'textgen', 'title': 'Text generation',
+    return {'suite': 'textgen', 'title': 'Text generation', 'blas_build': 'blas' in backends(),
             'settings': {'threads': threads, 'repeats': repeats, 'prompt': prompt, 'gen': gen},
             'model': {'path': path, 'name': Path(path).name}, 'peers': [peer.as_dict(), hf.as_dict()],
             'rows': rows, 'ratios': ratios}
+
+
+def _blas_note(result: dict[str, Any]) -> str:
+    return (' This build has the BLAS backend: gadget uses it unless `blas=False`.'
+            if result.get('blas_build') else '')
+
+
+def _speed(faster: float) -> str:
+    return f'{faster:.1f}× faster' if faster >= 1 else f'{1 / faster:.1f}× slower'
 
 
 def report(result: dict[str, Any]) -> str:
@@ -215,11 +237,12 @@ def report(result: dict[str, Any]) -> str:
     if result['ratios']:
         ratios = markdown_table(['gadget / peer', 'peer', 'prefill', 'decode', 'load'],
                                 [[q['mode'], q['peer'], ratio(q['prefill']), ratio(q['decode']),
-                                  f"{q['load_faster']:.1f}× faster"] for q in result['ratios']])
+                                  _speed(q['load_faster'])] for q in result['ratios']])
     else:
         ratios = 'no comparison.'
     who = ', '.join(f"{p['name']} {p['version']}" for p in present) or 'gadget alone'
     notes = ''.join(f'\n\n{line}' for line in absent)
     return (f"{result['model']['name']}, {plural(s['threads'], 'thread')}, a {s['prompt']}-token prompt, "
-            f"{s['gen']} greedy tokens; gadget and {who} alternating, median of {s['repeats']}:\n\n"
+            f"{s['gen']} greedy tokens; gadget and {who} alternating, median of {s['repeats']}."
+            f"{_blas_note(result)}\n\n"
             f"{table}\n\n{ratios}{notes}")
