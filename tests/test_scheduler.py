@@ -24,7 +24,9 @@ def model(ctx, params, tensors):
 
 def test_the_scheduler_gives_the_direct_path_s_numbers_and_reuses_its_graph():
     rng = np.random.default_rng(0)
-    with GgmlCompute({}, SPECS, model) as direct, GgmlCompute({}, SPECS, model, scheduler=True) as sched:
+    # blas=False: the scheduler over the CPU backend alone (a BLAS build would offload the product)
+    with GgmlCompute({}, SPECS, model, blas=False) as direct, \
+            GgmlCompute({}, SPECS, model, scheduler=True, blas=False) as sched:
         assert sched.scheduled and not direct.scheduled
         for _ in range(3):                                    # the same graph, computed again
             a = rng.standard_normal((48, 64)).astype(np.float32)
@@ -57,8 +59,8 @@ def test_bad_scheduler_settings_are_refused():
 
 def test_a_language_model_decodes_the_same_through_the_scheduler():
     path = default_model_path()
-    with load_model(path, context_length=256) as direct, load_model(path, context_length=256,
-                                                                      scheduler=True) as sched:
+    with load_model(path, context_length=256, blas=False) as direct, \
+            load_model(path, context_length=256, scheduler=True, blas=False) as sched:
         prompt = list(range(200, 240))
         np.testing.assert_array_equal(sched(prompt, all_logits=True), direct(prompt, all_logits=True))
         for token in (5, 77, 1000, 31):                       # decode: one reused graph
