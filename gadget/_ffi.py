@@ -29,10 +29,14 @@ def _load_openblas() -> None:
     (``libscipy_openblas.so`` of the scipy-openblas32 package) before GGML's libraries: the dynamic
     loader then finds it among the loaded libraries by its SONAME, with no ``LD_LIBRARY_PATH`` and no
     path baked into the build. Its idle worker threads are told to sleep almost at once
-    (``OPENBLAS_THREAD_TIMEOUT``, read when it loads; unless the environment sets it): otherwise they
-    spin on the cores GGML's own threads need for the ops between two BLAS products."""
+    (``OPENBLAS_THREAD_TIMEOUT=4`` in the process's environment, unless it is set already; numpy's
+    own OpenBLAS, when loaded later, reads it too): otherwise they spin for a tenth of a second
+    after every product, on the cores GGML's own threads need next."""
     if not any((Path(__file__).parent / 'lib').glob('libgadget-ggml-blas.so*')):
         return
+    # 2**4 cycles of spinning (the minimum), read when the library loads: before the import,
+    # which loads it. It stays set (numpy's own OpenBLAS, if loaded later, reads it too).
+    os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
     try:
         import scipy_openblas32
     except ImportError:
@@ -40,13 +44,7 @@ def _load_openblas() -> None:
                           'the OpenBLAS of the scipy-openblas32 package: pip install scipy-openblas32 '
                           '(the `blas` extra)') from None
     path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
-    previous = os.environ.get('OPENBLAS_THREAD_TIMEOUT')
-    os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')      # 2**4 cycles of spinning (min 4)
-    try:
-        ctypes.CDLL(path)
-    finally:
-        if previous is None:
-            del os.environ['OPENBLAS_THREAD_TIMEOUT']
+    ctypes.CDLL(path)
 
 
 _load_openblas()

@@ -59,7 +59,9 @@ def run_gadget(path: str, tokens: list[int], n_gen: int, threads: int, flash_att
                                  flash_attn=flash_attn, weight_type=weight_type, blas=blas)
     load = time.perf_counter() - start
     try:
-        model([tokens[0]])                      # build the decode graph once (warm-up), then start over
+        # Warm-up: one prefill of the same length (its graph built and allocated, a BLAS build's
+        # OpenBLAS started), then start over: what every prompt after the first one costs.
+        model(tokens)
         model.reset()
         start = time.perf_counter()
         logits = model(tokens)
@@ -88,7 +90,7 @@ def run_llama_cpp(path: str, tokens: list[int], n_gen: int, threads: int,
                 n_threads_batch=threads, flash_attn=flash_attn, verbose=False)
     load = time.perf_counter() - start
     try:
-        llm.eval([tokens[0]])
+        llm.eval(tokens)                        # the same warm-up
         llm.reset()
         start = time.perf_counter()
         llm.eval(tokens)
@@ -119,7 +121,7 @@ def run_transformers(path: str, tokens: list[int], n_gen: int, threads: int) -> 
     load = time.perf_counter() - start
     ids = torch.tensor([tokens])
     with torch.inference_mode():
-        model(ids[:, :1])                       # warm-up
+        model(ids)                              # the same warm-up
         start = time.perf_counter()
         out = model(ids, use_cache=True)
         prefill = time.perf_counter() - start
