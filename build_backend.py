@@ -18,10 +18,10 @@ _OPENBLAS = 'scipy-openblas32>=0.3.28'
 
 
 def _blas_requested() -> bool:
-    """GADGET_BLAS=1, or -DGGML_BLAS=ON in CMAKE_ARGS (setup.py's rules)."""
-    if os.environ.get('GADGET_BLAS', '').strip().lower() in ('1', 'on', 'true', 'yes'):
-        return True
-    value = None
+    """GGML's BLAS backend is built unless GADGET_BLAS=0 (or -DGGML_BLAS=OFF in CMAKE_ARGS, which
+    has the last word): setup.py's rules."""
+    off = os.environ.get('GADGET_BLAS', '').strip().lower() in ('0', 'off', 'false', 'no')
+    value = 'OFF' if off else 'ON'
     for arg in shlex.split(os.environ.get('CMAKE_ARGS', '')):
         if arg.startswith(('-DGGML_BLAS=', '-DGGML_BLAS:BOOL=')):
             value = arg.split('=', 1)[1].upper()

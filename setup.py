@@ -57,9 +57,9 @@ DEFAULT_CMAKE_ARGS = [
 # GADGET_PORTABLE=1: backends as modules, and every x86-64 level's CPU module instead of one for this
 # machine (GGML refuses GGML_NATIVE with GGML_BACKEND_DL: its CPU-feature scoring needs known levels).
 PORTABLE_CMAKE_ARGS = ['-DGGML_BACKEND_DL=ON', '-DGGML_NATIVE=OFF', '-DGGML_CPU_ALL_VARIANTS=ON']
-# GADGET_BLAS=1: GGML's BLAS backend too (matrix products of >= 32 rows through cblas_sgemm), over
-# the OpenBLAS of the scipy-openblas32 wheel (see cmake/FindBLAS.cmake); it is then needed at run
-# time as well (the `blas` extra). Off by default: see benchmarks/RESULTS.md for where it wins.
+# GGML's BLAS backend (matrix products of >= 32 rows through cblas_sgemm), over the OpenBLAS of the
+# scipy-openblas32 wheel (see cmake/FindBLAS.cmake), a run-time dependency too. Built unless
+# GADGET_BLAS=0: it wins on prefill and batched embeddings (benchmarks/RESULTS.md).
 BLAS_CMAKE_ARGS = ['-DGGML_BLAS=ON', '-DGGML_BLAS_VENDOR=OpenBLAS']
 
 
@@ -68,7 +68,7 @@ def portable_requested() -> bool:
 
 
 def blas_env_requested() -> bool:
-    return os.environ.get('GADGET_BLAS', '').strip().lower() in ('1', 'on', 'true', 'yes')
+    return os.environ.get('GADGET_BLAS', '').strip().lower() not in ('0', 'off', 'false', 'no')
 
 
 def cmake_args() -> list[str]:
