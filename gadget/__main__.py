@@ -97,7 +97,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _add_blas_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--blas', action=argparse.BooleanOptionalAction, default=None,
                         help='matrix products of >= 32 rows through GGML\'s BLAS backend (OpenBLAS); '
-                        'default: on in a build with it (GADGET_BLAS=1), --no-blas to turn it off')
+                        'default: on where the build has it (not GADGET_BLAS=0), --no-blas to turn it off')
 
 
 _SAMPLING = ('temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty')

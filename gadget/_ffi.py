@@ -25,8 +25,9 @@ from typing import Any
 
 
 def _load_openblas() -> None:
-    """In a build with GGML's BLAS backend (``GADGET_BLAS=1``), load the OpenBLAS it is linked against
-    (``libscipy_openblas.so`` of the scipy-openblas32 package) before GGML's libraries: the dynamic
+    """In a build with GGML's BLAS backend (the default; not with ``GADGET_BLAS=0``), load the
+    OpenBLAS it is linked against (``libscipy_openblas.so`` of the scipy-openblas32 package) before
+    GGML's libraries: the dynamic
     loader then finds it among the loaded libraries by its SONAME, with no ``LD_LIBRARY_PATH`` and no
     path baked into the build. Its idle worker threads are told to sleep almost at once
     (``OPENBLAS_THREAD_TIMEOUT=4`` in the process's environment, unless it is set already; numpy's
@@ -40,9 +41,9 @@ def _load_openblas() -> None:
     try:
         import scipy_openblas32
     except ImportError:
-        raise ImportError('this gadget was built with GGML\'s BLAS backend (GADGET_BLAS=1), which runs on '
-                          'the OpenBLAS of the scipy-openblas32 package: pip install scipy-openblas32 '
-                          '(the `blas` extra)') from None
+        raise ImportError('this gadget was built with GGML\'s BLAS backend, which runs on the OpenBLAS of '
+                          'the scipy-openblas32 package (a dependency of gadget): pip install '
+                          'scipy-openblas32, or build gadget without it (GADGET_BLAS=0)') from None
     path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
     ctypes.CDLL(path)
 

@@ -126,7 +126,7 @@ class GgmlCompute:
             ``offload`` is given).
         blas: offload matrix products of at least 32 rows on each side to GGML's BLAS backend
             (OpenBLAS's sgemm, after converting quantized or F16 weights to F32; the CPU backend
-            runs the rest), in a build with it (``GADGET_BLAS=1``). Default None: on for the CPU
+            runs the rest), in a build with it (the default build). Default None: on for the CPU
             backend in a build with BLAS (it wins on prefill and batched embeddings, see
             benchmarks/RESULTS.md), off otherwise. A graph in which BLAS would take no node (a
             decode step: one row) runs on the CPU backend directly, without the scheduler.

@@ -1,6 +1,6 @@
-"""GGML's BLAS backend (a build with GADGET_BLAS=1): matrix products of >= 32 rows go to OpenBLAS
-through the scheduler, everything else stays on the CPU, and the numbers agree with the CPU path and
-numpy. In a build without it, asking for it is a clear error."""
+"""GGML's BLAS backend (in the default build; GADGET_BLAS=0 builds without it): matrix products of
+>= 32 rows go to OpenBLAS through the scheduler, everything else stays on the CPU, and the numbers
+agree with the CPU path and numpy. In a build without it, asking for it is a clear error."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from gadget.textgen import TextGen, default_model_path
 
 HAS_BLAS = 'blas' in backends()
 needs_blas = pytest.mark.skipif(not HAS_BLAS,
-                                reason='this build has no BLAS backend (build with GADGET_BLAS=1)')
+                                reason='this build has no BLAS backend (built with GADGET_BLAS=0)')
 
 
 def product(ctx, params, tensors):

@@ -22,7 +22,7 @@ def test_greedy_continuations_equal_llama_cpp(flash_attn):
     path = str(default_model_path())
     llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False, flash_attn=flash_attn)
     try:
-        with TextGen(path, context_length=512, n_threads=2, flash_attn=flash_attn) as gen:
+        with TextGen(path, context_length=512, n_threads=2, flash_attn=flash_attn, blas=False) as gen:
             for prompt in PROMPTS:
                 ref = llm.create_completion(prompt, max_tokens=16, temperature=0, repeat_penalty=1.0,
                                             top_k=1)['choices'][0]['text']
