@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from pathlib import Path
 from typing import Any, Iterable
@@ -164,6 +165,9 @@ class Backend:
         self._pool: list[Any] = [None]
         self._finalizer = weakref.finalize(self, _free_backend, handle, self._pool)
         self.n_threads = 0
+        #: Held while a graph computes on this backend: models that share one backend (and so its
+        #: thread pool and work buffer, which GGML does not guard) compute one at a time.
+        self.lock = threading.RLock()
         if kind in _THREADED:
             self.set_n_threads(n_threads or default_threads())
 

@@ -13,6 +13,7 @@ preserved after :meth:`compute`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -251,8 +252,14 @@ class GgmlCompute:
 
     def _graph_compute(self, graph: Any) -> int:
         if not self._graph_on_sched:
-            return lib.ggml_backend_graph_compute(self.backend.handle, graph)
-        return lib.ggml_backend_sched_graph_compute(self._handles.sched, graph)
+            with self.backend.lock:
+                return lib.ggml_backend_graph_compute(self.backend.handle, graph)
+        # Every backend the scheduler may use, locked in one global order (no two computes can
+        # wait on each other).
+        with contextlib.ExitStack() as held:
+            for b in sorted({id(b): b for b in (self.backend, *self.offload)}.values(), key=id):
+                held.enter_context(b.lock)
+            return lib.ggml_backend_sched_graph_compute(self._handles.sched, graph)
 
     def node_backends(self) -> dict[str, str]:
         """The backend (GGML's name: ``'CPU'``, ``'BLAS'``, ``'CUDA0'``...) each named node of the

@@ -233,13 +233,15 @@ def test_libraries_are_found_without_ld_library_path():
         assert line is not None and str(ext.parent / 'lib') in line, (name, ldd)
     # A BLAS build's OpenBLAS (the scipy-openblas32 wheel's) is loaded by gadget/_ffi.py at import,
     # from where that package is installed: the dynamic loader alone does not know it.
-    missing = [ln for ln in ldd.splitlines() if 'not found' in ln and 'libscipy_openblas' not in ln]
-    assert not missing, ldd
+    def missing(listing: str) -> list[str]:
+        return [ln for ln in listing.splitlines() if 'not found' in ln and 'libscipy_openblas' not in ln]
+
+    assert not missing(ldd), ldd
     for module in modules:
         path = ext.parent / 'lib' / module
         assert path.is_file(), path
         module_ldd = subprocess.run(['ldd', str(path)], capture_output=True, text=True, check=True).stdout
-        assert 'not found' not in module_ldd and str(ext.parent / 'lib') in module_ldd, module_ldd
+        assert not missing(module_ldd) and str(ext.parent / 'lib') in module_ldd, module_ldd
     # gadget's GGML never goes by GGML's own library names, which other packages ship too.
     assert not any(ln.strip().startswith('libggml') for ln in ldd.splitlines())
 

@@ -59,3 +59,48 @@ def test_thread_count_changes_keep_results_and_close_frees_the_pool():
     backend.close()
     backend.close()
     assert 'closed' in repr(backend)
+
+
+def test_models_sharing_a_backend_compute_one_at_a_time_from_two_threads():
+    # GGML's CPU backend has one thread pool and one work buffer: the backend's lock serialises
+    # computes of different models on it, so each thread gets its own model's numbers.
+    import threading
+
+    import numpy as np
+
+    from gadget import ggml as G
+    from gadget.backends import Backend
+    from gadget.compute import GgmlCompute
+
+    rng = np.random.default_rng(1)
+    with Backend('cpu', n_threads=2) as backend:
+        jobs = []
+        for k in range(2):
+            a = rng.standard_normal((1024, 512), dtype=np.float32)
+            b = rng.standard_normal((256, 512), dtype=np.float32)
+            c = GgmlCompute({}, {'a': ('F32', (512, 1024)), 'b': ('F32', (512, 256))},
+                            lambda ctx, p, t: G.ggml_mul_mat(ctx, t['a'], t['b']), backend=backend,
+                            blas=False)
+            c.set_input('a', a)
+            c.set_input('b', b)
+            jobs.append((c, b @ a.T))
+        errors = []
+
+        def work(c, expected):
+            try:
+                for _ in range(20):
+                    np.testing.assert_allclose(c.compute(), expected, rtol=1e-4, atol=1e-3)
+            except Exception as exc:      # reported below, in the test's thread
+                errors.append(exc)
+
+        # (without the lock the two computes deadlock in GGML's thread pool: daemon threads and a
+        # bounded wait turn that into a failure instead of a hung test run)
+        threads = [threading.Thread(target=work, args=job, daemon=True) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), 'the computes did not finish: deadlock'
+        for c, _ in jobs:
+            c.close()
+    assert not errors, errors[0]
