@@ -67,3 +67,30 @@ def test_cells_of_another_sequence_are_masked():
     expected[0, 3] = expected[1, 3] = expected[1, 4] = 0.0
     np.testing.assert_array_equal(plan.mask, expected)
     assert cache.n_past(0) == 0 and cache.n_past(1) == 3
+
+
+def test_a_call_with_several_sequences_follows_each_and_masks_the_others():
+    cache = KVCache(n_ctx=16, row=2, transposed_v=True, step=8)
+    cache.commit(cache.plan_batch([(0, 2), (5, 3)]))            # two prompts in one call
+    assert cache.sequences() == [0, 5] and cache.n_past(0) == 2 and cache.n_past(5) == 3
+    plan = cache.plan_batch([(5, 1), (0, 1)])                    # one decode step of both
+    assert plan.rows.tolist() == [5, 6] and plan.positions.tolist() == [3, 2]
+    assert plan.seqs.tolist() == [5, 0]
+    expected = np.full((2, 8), -np.inf)
+    expected[0, [2, 3, 4, 5]] = 0.0                              # sequence 5: its cells 2-4 and the new one
+    expected[1, [0, 1, 6]] = 0.0                                 # sequence 0: cells 0-1 and the new one
+    np.testing.assert_array_equal(plan.mask, expected)
+    assert plan.v_index.tolist() == [5, 6, 16 + 5, 16 + 6]      # (d, token) -> d * n_ctx + row
+    cache.commit(plan)
+    cache.forget(5)                                              # finished: its cells are free again
+    assert cache.sequences() == [0] and cache.plan_batch([(9, 4)]).rows.tolist() == [2, 3, 4, 5]
+
+
+def test_several_sequences_are_refused_clearly():
+    cache = KVCache(n_ctx=8, row=1, transposed_v=False, step=8)
+    with pytest.raises(ValueError, match='each sequence at most once'):
+        cache.plan_batch([(1, 2), (1, 1)])
+    cache.commit(cache.plan_batch([(0, 3), (1, 3)]))
+    with pytest.raises(ContextOverflowError, match='3 new tokens of 2 sequence.* 2 free cells'):
+        cache.plan_batch([(0, 2), (1, 1)])
+    assert cache.n_past(0) == 3 and cache.n_past(1) == 3       # nothing changed

@@ -155,3 +155,91 @@ def test_weight_type_from_a_quantized_file(tmp_path_factory, tok):
     scale = np.abs(expected).max()
     assert np.abs(a - expected).max() <= 0.1 * scale and np.abs(b - expected).max() <= 0.1 * scale
     assert np.abs(a - b).max() <= 0.1 * scale
+
+
+def _greedy_alone(model, prompts, steps):
+    alone = []
+    for ids in prompts:
+        model.reset()
+        logits = [model(ids)]
+        for _ in range(steps):
+            logits.append(model([int(np.argmax(logits[-1]))]))
+        alone.append(np.stack(logits))
+    model.reset()
+    return alone
+
+
+@pytest.mark.parametrize('flash_attn', [True, False])
+@pytest.mark.parametrize('batch_size', [512, 8])          # 8: the prompts are split across graphs
+def test_several_sequences_decode_as_each_alone(pair, tok, batch_size, flash_attn):
+    _, path = pair
+    prompts = [tok(t)['input_ids'] for t in (PROMPT, PROMPT[:7], 'a b c d e f g h i j k', 'xyz')]
+    with LlamaModel.from_path(path, context_length=128, batch_size=batch_size, flash_attn=flash_attn,
+                              kv_type='F32') as model:
+        alone = _greedy_alone(model, prompts, steps=5)
+        got = {i: [logits] for i, logits in model.batch(dict(enumerate(prompts))).items()}
+        for step in range(5):
+            # teacher-forced with each sequence's own greedy tokens: the same inputs as alone
+            tokens = {i: [int(np.argmax(alone[i][step]))] for i in got}
+            for i, logits in model.batch(tokens).items():
+                got[i].append(logits)
+        for i in range(len(prompts)):
+            # F32 weights: GGML tiles a product of several rows differently from one row
+            np.testing.assert_allclose(np.stack(got[i]), alone[i], atol=TOL, rtol=0)
+            assert model.sequence_length(i) == len(prompts[i]) + 5
+
+
+def test_a_finished_sequence_s_slot_takes_a_new_prompt(pair, tok):
+    _, path = pair
+    a, b, c = (tok(t)['input_ids'] for t in (PROMPT, 'hello there', 'a new prompt'))
+    with LlamaModel.from_path(path, context_length=128, flash_attn=True, kv_type='F32') as model:
+        alone_a, alone_c = _greedy_alone(model, [a, c], steps=4)
+        rows_a = [model.batch({0: a, 1: b})[0]]
+        rows_a.append(model.batch({0: [int(np.argmax(alone_a[0]))], 1: [7]})[0])
+        model.forget(1)                                        # sequence 1 is done: its cells free
+        assert model.sequence_length(1) == 0 and model.sequence_length(0) == len(a) + 1
+        both = model.batch({0: [int(np.argmax(alone_a[1]))], 1: c})     # a goes on, c starts
+        rows_a.append(both[0])
+        rows_c = [both[1]]
+        for step in range(2):
+            out = model.batch({0: [int(np.argmax(alone_a[step + 2]))],
+                               1: [int(np.argmax(alone_c[step]))]})
+            rows_a.append(out[0])
+            rows_c.append(out[1])
+    np.testing.assert_allclose(np.stack(rows_a), alone_a, atol=TOL, rtol=0)
+    np.testing.assert_allclose(np.stack(rows_c), alone_c[:3], atol=TOL, rtol=0)
+
+
+def test_batch_refuses_bad_ids_and_overflow_before_computing(pair, tok):
+    _, path = pair
+    ids = tok(PROMPT)['input_ids']
+    with LlamaModel.from_path(path, context_length=32) as model:
+        with pytest.raises(ValueError, match='sequence ids are ints >= 0'):
+            model.batch({-1: ids})
+        with pytest.raises(TypeError):
+            model.batch([ids])
+        with pytest.raises(ContextOverflowError):
+            model.batch({0: ids * 3, 1: ids * 3})
+        assert model.sequence_length(0) == 0 and model.sequence_length(1) == 0
+
+
+def test_smollm2_eight_prompts_batched_greedy_equal_one_by_one():
+    # Q4_1 weights and flash attention: GGML computes every row on its own, so batched is bit for
+    # bit one by one, whatever the batch holds (8 prompts of different lengths, 12 steps).
+    from gadget.textgen import default_model_path
+    from gadget.tokenizer import load_tokenizer
+    path = default_model_path()
+    tokenizer = load_tokenizer(path)
+    texts = ['The capital of France is', 'Once upon a time, in a land far away,', 'def fibonacci(n):',
+             'The three primary colors are', 'In 1492, Columbus', 'Water boils at', 'My favourite food is',
+             'The quick brown fox jumps over the lazy dog. The quick brown fox']
+    prompts = [tokenizer.encode(t) for t in texts]
+    with LlamaModel.from_path(path, context_length=512, flash_attn=True, blas=False) as model:
+        alone = _greedy_alone(model, prompts, steps=12)
+        got = {i: [logits] for i, logits in model.batch(dict(enumerate(prompts))).items()}
+        for _ in range(12):
+            step = {i: [int(np.argmax(rows[-1]))] for i, rows in got.items()}
+            for i, logits in model.batch(step).items():
+                got[i].append(logits)
+    for i in range(len(prompts)):
+        np.testing.assert_array_equal(np.stack(got[i]), alone[i])

@@ -13,8 +13,9 @@ builds the per-call inputs from its cells, as llama.cpp's ``llama_kv_cache`` doe
   flash attention), the flat element index of each new value.
 
 A call is planned with :meth:`plan` (nothing changes) and recorded with :meth:`commit` once the
-graph has run, so a failed call leaves the cache as it was. Today's models decode one sequence
-(id 0); the cells already carry sequence ids for batched decoding.
+graph has run, so a failed call leaves the cache as it was. A call may carry tokens of several
+sequences (:meth:`plan_batch`): each goes to a free cell, at its own sequence's next position, and
+the mask lets a token see only its own sequence's cells: several sequences decoded in one graph.
 """
 
 from __future__ import annotations
@@ -96,13 +97,29 @@ class KVCache:
     def plan(self, n_tokens: int, seq: int = 0) -> CachePlan:
         """Where ``n_tokens`` new tokens of sequence ``seq`` go, and the inputs to compute them;
         :class:`ContextOverflowError` (nothing changed) when they do not fit."""
+        return self.plan_batch([(seq, n_tokens)])
+
+    def plan_batch(self, items: list[tuple[int, int]]) -> CachePlan:
+        """The same for one call holding ``(seq, n_tokens)`` of several sequences, in that order
+        (each sequence at most once): the tokens of each follow its cached ones."""
+        seqs_given = [seq for seq, _ in items]
+        if len(set(seqs_given)) != len(seqs_given):
+            raise ValueError(f'each sequence at most once in a call, got {seqs_given}')
+        n_tokens = sum(n for _, n in items)
         empty = self.cell_seq == _EMPTY
         free = np.flatnonzero(empty)
-        self._check_room(n_tokens, free.size, seq)
-        n_past = self.n_past(seq)
+        if n_tokens > free.size and len(items) == 1:
+            self._check_room(n_tokens, free.size, items[0][0])
+        if n_tokens > free.size:
+            raise ContextOverflowError(
+                f'{n_tokens} new tokens of {len(items)} sequence(s) exceed the {free.size} free cells '
+                f'of the cache (context_length {self.n_ctx}, shared by all sequences): forget a '
+                'sequence, reset(), or load the model with a larger context_length')
         rows = free[:n_tokens].astype(np.int64)
-        positions = np.arange(n_past, n_past + n_tokens, dtype=np.int32)
-        seqs = np.full(n_tokens, seq, dtype=np.int32)
+        positions = np.concatenate([np.arange(self.n_past(seq), self.n_past(seq) + n, dtype=np.int32)
+                                    for seq, n in items]) if items else np.zeros(0, np.int32)
+        seqs = np.concatenate([np.full(n, seq, dtype=np.int32) for seq, n in items]) if items \
+            else np.zeros(0, np.int32)
         used = np.flatnonzero(~empty)
         last = max(int(rows[-1]) if n_tokens else 0, int(used[-1]) if used.size else 0)
         window = min(self.n_ctx, (last // self.step + 1) * self.step)
@@ -117,6 +134,16 @@ class KVCache:
             d = np.arange(self.row, dtype=np.int64)[:, None]
             v_index = (d * self.n_ctx + rows[None, :]).ravel()
         return CachePlan(rows=rows, positions=positions, seqs=seqs, window=window, mask=mask, v_index=v_index)
+
+    def forget(self, seq: int) -> None:
+        """Free every cell of sequence ``seq`` (its slot can take a new prompt)."""
+        drop = self.cell_seq == seq
+        self.cell_pos[drop] = _EMPTY
+        self.cell_seq[drop] = _EMPTY
+
+    def sequences(self) -> list[int]:
+        """The ids of the sequences with cells in the cache."""
+        return [int(s) for s in np.unique(self.cell_seq) if s != _EMPTY]
 
     def commit(self, plan: CachePlan) -> None:
         """Record a planned call whose graph has run: its cells now hold its tokens."""

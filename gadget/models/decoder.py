@@ -9,7 +9,7 @@ writes ``forward``, taking its inputs from :meth:`CachedDecoder.call_inputs`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -113,19 +113,93 @@ class CachedDecoder(GgmlModel):
         return np.concatenate(outputs) if all_logits else outputs[-1][-1]
 
     def _step(self, chunk: np.ndarray, n_out: int) -> np.ndarray:
-        n = chunk.size
-        plan = self.cache.plan(n)
+        return self._run_chunk([(0, chunk)], list(range(chunk.size - n_out, chunk.size)))
+
+    def _run_chunk(self, parts: list[tuple[int, np.ndarray]], out_rows: list[int]) -> np.ndarray:
+        """One graph: the tokens of ``parts`` (``(seq, ids)``, each sequence once) after their
+        cached ones; the logits of the rows ``out_rows`` of the chunk, ``(len(out_rows), n_vocab)``."""
+        plan = self.cache.plan_batch([(seq, ids.size) for seq, ids in parts])
+        tokens = np.concatenate([ids for _, ids in parts])
+        n, n_out = tokens.size, len(out_rows)
         for key, value in (('n_tokens', n), ('n_window', plan.window), ('n_outputs', n_out)):
             if self.state[key] != value:
                 self.state[key] = value
         self.ensure_graph()
-        self.write('tokens', chunk)
+        self.write('tokens', tokens)
         self.write('positions', plan.positions)
         self.write('kv_index', plan.rows)
-        self.write('out_index', np.arange(n - n_out, n, dtype=np.int32))
+        self.write('out_index', np.asarray(out_rows, dtype=np.int32))
         self.write('mask', plan.mask)
         if plan.v_index is not None:
             self.write('v_index', plan.v_index)
         self.run()
         self.cache.commit(plan)
         return self.read(np.empty((n_out, self.params['n_vocab']), dtype=np.float32))
+
+    # --- several sequences ------------------------------------------------------------------------
+
+    def batch(self, sequences: Mapping[int, Any]) -> dict[int, np.ndarray]:
+        """Evaluate new tokens of several sequences together: ``{seq: tokens}`` -> ``{seq: logits}``
+        of each sequence's last new position (numpy ``(n_vocab,)``, float32).
+
+        Each sequence's tokens follow its own cached ones (sequence ids are ints >= 0; id 0 is the
+        one plain calls use). The tokens are packed into graphs of at most ``batch_size`` tokens, so
+        one decode step of N sequences (one token each) is one graph of N rows; a token attends
+        only to its own sequence. All sequences share the cache's ``context_length`` cells:
+        :class:`ContextOverflowError` before anything is computed when the tokens do not fit.
+        :meth:`forget` frees a finished sequence's cells for a new prompt.
+
+        Each sequence's logits are its one-by-one logits up to rounding: GGML tiles a product of
+        several rows differently from one row. With flash attention and weights whose products GGML
+        computes row by row (e.g. Q4_1) they are bit for bit the same; with the unfused attention,
+        the 8-bit rounding of the activations can turn a last-bit difference into a visible one at
+        some steps (SmolLM2 Q4_1: 1 of 8 greedy continuations differed after a few tokens).
+        """
+        if not isinstance(sequences, Mapping):
+            raise TypeError(f'batch() takes {{sequence id: tokens}}, got {type(sequences).__name__}')
+        n_vocab = self.params['n_vocab']
+        items = []
+        for seq, tokens in sequences.items():
+            if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
+                raise ValueError(f'sequence ids are ints >= 0, got {seq!r}')
+            items.append((int(seq), token_ids(tokens, n_vocab)))
+        with self.lock:
+            self._check_open()
+            self.cache.plan_batch([(seq, ids.size) for seq, ids in items])   # fits? (nothing changes)
+            batch = self.params['batch_size']
+            results: dict[int, np.ndarray] = {}
+            parts: list[tuple[int, np.ndarray]] = []
+            ends: list[tuple[int, int]] = []          # (seq, row in the chunk) of sequences ending here
+            used = 0
+            for seq, ids in items:
+                start = 0
+                while start < ids.size:
+                    take = min(batch - used, ids.size - start)
+                    parts.append((seq, ids[start:start + take]))
+                    start += take
+                    used += take
+                    if start == ids.size:
+                        ends.append((seq, used - 1))
+                    if used == batch:
+                        self._finish_chunk(parts, ends, results)
+                        parts, ends, used = [], [], 0
+            if parts:
+                self._finish_chunk(parts, ends, results)
+        return {seq: results[seq] for seq, _ in items}
+
+    def _finish_chunk(self, parts: list[tuple[int, np.ndarray]], ends: list[tuple[int, int]],
+                      results: dict[int, np.ndarray]) -> None:
+        # A chunk where no sequence ends still needs one output row (GGML's graph has one).
+        rows = [row for _, row in ends] or [sum(ids.size for _, ids in parts) - 1]
+        logits = self._run_chunk(parts, rows)
+        for i, (seq, _) in enumerate(ends):
+            results[seq] = logits[i]
+
+    def forget(self, seq: int) -> None:
+        """Drop sequence ``seq`` from the cache (its cells are free for other sequences)."""
+        with self.lock:
+            self.cache.forget(int(seq))
+
+    def sequence_length(self, seq: int) -> int:
+        """Tokens of sequence ``seq`` in the cache (``n_past`` is sequence 0's)."""
+        return self.cache.n_past(int(seq))
