@@ -83,8 +83,11 @@ class Sampler:
         if penalty == 1.0 or seen.size == 0:
             return logits
         out = logits.astype(np.float32, copy=True)
-        chosen = out[seen]
-        out[seen] = np.where(chosen > 0, chosen / penalty, chosen * penalty)
+        chosen = out[seen].astype(np.float64)
+        # An extreme penalty (e.g. 1e-38) saturates at float32's largest logits instead of
+        # overflowing to inf, whose softmax would be NaN.
+        limit = float(np.finfo(np.float32).max)
+        out[seen] = np.clip(np.where(chosen > 0, chosen / penalty, chosen * penalty), -limit, limit)
         return out
 
     def probabilities(self, logits: np.ndarray, context: Iterable[int] = ()) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from .errors import ModelFileError
+from .errors import ContextOverflowError, ModelFileError
 from .gguf import GgufFile
 from .models import load_model
 from .sampling import Sampler, SamplingParams
@@ -102,6 +102,8 @@ class TextGen:
         #: Why the last generation ended: 'stop' (an end-of-generation token or a stop string),
         #: 'length' (max_gen, or the end of the context); None before any.
         self.finish_reason: str | None = None
+        #: Why each prompt of the last batch (:meth:`stream_batch`) ended, in the prompts' order.
+        self.finish_reasons: list[str | None] = []
 
     # --- tokens ---------------------------------------------------------------------------------
 
@@ -207,34 +209,115 @@ class TextGen:
         # Not a generator itself: bad arguments raise here, before anything is generated.
         return self._stream_text(self.stream_tokens(self.tokenize(text), max_gen, **kwargs), stop)
 
-    def generate(self, text: str, max_gen: int = 128, stop: Iterable[str] = (), **kwargs: Any) -> str:
-        """The text generated after ``text``."""
+    def generate(self, text: str | Sequence[str | dict[str, Any]], max_gen: int = 128,
+                 stop: Iterable[str] = (), **kwargs: Any) -> Any:
+        """The text generated after ``text``; for a list of prompts, their texts, decoded together
+        (:meth:`generate_batch`)."""
+        if not isinstance(text, str):
+            return self.generate_batch(text, max_gen, stop, **kwargs)
         return ''.join(self.stream(text, max_gen, stop, **kwargs))
 
     def _stream_text(self, tokens: Iterator[int], stop: Iterable[str]) -> Iterator[str]:
-        if isinstance(stop, str):
-            raise TypeError(f'stop must be a list of strings, got the string {stop!r}: pass [{stop!r}]')
-        stops = [s for s in stop if s]
-        generated: list[int] = []
-        emitted = 0
-        text = ''
+        pieces = _TextPieces(self.detokenize, stop)
         for token in tokens:
-            generated.append(token)
-            text = self.detokenize(generated)
-            hit = _find_stop(text, stops)
-            if hit is not None:
-                if hit > emitted:
-                    yield text[emitted:hit]
+            piece = pieces.push(token)
+            if piece:
+                yield piece
+            if pieces.stopped:
                 self.finish_reason = 'stop'
                 return
-            # Hold back an incomplete UTF-8 character and anything that may start a stop string.
-            safe = len(text.rstrip('\ufffd')) if text.endswith('\ufffd') else len(text)
-            safe = min(safe, _stop_prefix_start(text, stops))
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
-        if len(text) > emitted:
-            yield text[emitted:]
+        piece = pieces.flush()
+        if piece:
+            yield piece
+
+    # --- several sequences at once ----------------------------------------------------------------
+
+    def stream_batch(self, prompts: Sequence[str | dict[str, Any]], max_gen: int = 128,
+                     stop: Iterable[str] = (), max_sequences: int | None = None,
+                     **kwargs: Any) -> Iterator[tuple[int, str]]:
+        """Generate for several prompts at once, decoding them together (one graph per step):
+        yield ``(index, piece)`` as each prompt's text grows, in no fixed order between prompts.
+
+        A prompt is a string, or a dict with ``'prompt'`` and its own ``max_gen``, ``stop`` and
+        sampling settings (``temperature``, ``top_k``, ``top_p``, ``min_p``,
+        ``repetition_penalty``, ``seed``), over this call's keywords. At most ``max_sequences``
+        (default: all) are decoded at a time; when one finishes, the next prompt takes its place in
+        the same step. Each prompt's pieces join to its text, with :meth:`stream`'s rules; the
+        reasons they ended are in ``finish_reasons`` afterwards. The batch replaces the context
+        (the KV cache is shared by all prompts: their tokens must fit in ``context_length``).
+        With flash attention and a Q4_1 model each text is what the prompt gets alone, token for
+        token; otherwise up to rare near-ties (see ``LlamaModel.batch``).
+        """
+        requests = [_batch_request(self, i, p, max_gen, stop, kwargs) for i, p in enumerate(prompts)]
+        if max_sequences is not None and (isinstance(max_sequences, bool)
+                                          or not isinstance(max_sequences, int) or max_sequences < 1):
+            raise ValueError(f'max_sequences must be an int >= 1, got {max_sequences!r}')
+        return self._stream_batch(requests, max_sequences or max(1, len(requests)))
+
+    def _stream_batch(self, requests: list['_Request'], width: int) -> Iterator[tuple[int, str]]:
+        if not self._busy.acquire(blocking=False):
+            raise self._busy_error()
+        self.finish_reasons = [None] * len(requests)
+        try:
+            self.model.reset()
+            self.history = []
+            n_ctx = int(self.model.params['context_length'])
+            for request in requests:
+                if len(request.context) > n_ctx:
+                    raise ContextOverflowError(f'prompt {request.index} has {len(request.context)} tokens, '
+                                               f'more than context_length ({n_ctx})')
+            waiting = list(requests)
+            active: dict[int, _Request] = {}
+            new: dict[int, list[int]] = {}           # the next call's tokens, by sequence (= index)
+            while waiting or active:
+                while waiting and len(active) < width:   # free slots take the next prompts
+                    request = waiting.pop(0)
+                    active[request.index] = request
+                    new[request.index] = request.context
+                cached = sum(self.model.sequence_length(i) for i in active)
+                if cached + sum(len(t) for t in new.values()) > n_ctx:
+                    # The shared context is full: the sequences decoding end ('length'); prompts
+                    # that still do not fit wait for the cells those free.
+                    for index in [i for i in new if active[i].n_gen > 0]:
+                        yield from self._end(active.pop(index), 'length')
+                        del new[index]
+                    for index in sorted(new, reverse=True):
+                        if sum(self.model.sequence_length(i) for i in active) \
+                                + sum(len(t) for t in new.values()) <= n_ctx:
+                            break
+                        waiting.insert(0, active.pop(index))
+                        del new[index]
+                if not new:
+                    continue
+                logits = self.model.batch(new)
+                new = {}
+                for index, row in logits.items():
+                    request = active[index]
+                    piece, done = request.step(row, self.eog_ids)
+                    if piece:
+                        yield index, piece
+                    if done:
+                        yield from self._end(active.pop(index), request.finish_reason or 'length')
+                    else:
+                        new[index] = [request.context[-1]]
+        finally:
+            self._busy.release()
+
+    def _end(self, request: '_Request', reason: str) -> Iterator[tuple[int, str]]:
+        piece = request.pieces.flush()
+        if piece:
+            yield request.index, piece
+        self.finish_reasons[request.index] = reason
+        self.model.forget(request.index)
+
+    def generate_batch(self, prompts: Sequence[str | dict[str, Any]], max_gen: int = 128,
+                       stop: Iterable[str] = (), max_sequences: int | None = None,
+                       **kwargs: Any) -> list[str]:
+        """:meth:`stream_batch`'s texts, one per prompt, in order."""
+        texts = [''] * len(prompts)
+        for index, piece in self.stream_batch(prompts, max_gen, stop, max_sequences, **kwargs):
+            texts[index] += piece
+        return texts
 
     def close(self) -> None:
         """Free the model (and its file); idempotent."""
@@ -245,6 +328,93 @@ class TextGen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _TextPieces:
+    """A generated token stream as text pieces: none ends inside a UTF-8 character or could be the
+    start of a stop string, and none includes a stop string (``stopped`` once one appeared)."""
+
+    def __init__(self, detokenize: Callable[[list[int]], str], stop: Iterable[str]):
+        if isinstance(stop, str):
+            raise TypeError(f'stop must be a list of strings, got the string {stop!r}: pass [{stop!r}]')
+        self.detokenize, self.stops = detokenize, [s for s in stop if s]
+        self.generated: list[int] = []
+        self.emitted, self.text, self.stopped = 0, '', False
+
+    def push(self, token: int) -> str:
+        self.generated.append(token)
+        self.text = text = self.detokenize(self.generated)
+        hit = _find_stop(text, self.stops)
+        if hit is not None:
+            self.stopped = True
+            piece = text[self.emitted:hit] if hit > self.emitted else ''
+            self.emitted = max(self.emitted, hit)
+            return piece
+        # Hold back an incomplete UTF-8 character and anything that may start a stop string.
+        safe = len(text.rstrip('\ufffd')) if text.endswith('\ufffd') else len(text)
+        safe = min(safe, _stop_prefix_start(text, self.stops))
+        if safe > self.emitted:
+            piece, self.emitted = text[self.emitted:safe], safe
+            return piece
+        return ''
+
+    def flush(self) -> str:
+        """What is held back, at the end of the text (nothing after a stop string)."""
+        if self.stopped:
+            return ''
+        piece = self.text[self.emitted:] if len(self.text) > self.emitted else ''
+        self.emitted = len(self.text)
+        return piece
+
+
+class _Request:
+    """One prompt of a batch: its tokens so far, its sampler, its text."""
+
+    def __init__(self, index: int, context: list[int], max_gen: int,
+                 sampler: Callable[[np.ndarray, Sequence[int]], int], pieces: _TextPieces):
+        self.index, self.context, self.max_gen = index, context, max_gen
+        self.sampler, self.pieces = sampler, pieces
+        self.n_gen = 0
+        self.finish_reason: str | None = None
+
+    def step(self, logits: np.ndarray, eog_ids: Any) -> tuple[str, bool]:
+        """Sample the next token from ``logits``: ``(new text, finished)``."""
+        if self.n_gen >= self.max_gen:
+            self.finish_reason = 'length'
+            return self.pieces.flush(), True
+        token = self.sampler(logits, self.context)
+        if token in eog_ids:
+            self.finish_reason = 'stop'
+            return self.pieces.flush(), True
+        self.context.append(token)
+        self.n_gen += 1
+        piece = self.pieces.push(token)
+        if self.pieces.stopped:
+            self.finish_reason = 'stop'
+            return piece, True
+        if self.n_gen >= self.max_gen:
+            self.finish_reason = 'length'
+            return piece + self.pieces.flush(), True
+        return piece, False
+
+
+
+def _batch_request(gen: 'TextGen', index: int, prompt: Any, max_gen: int, stop: Iterable[str],
+                   kwargs: dict[str, Any]) -> _Request:
+    """Prompt ``index`` of a batch (a string, or a dict with 'prompt' and its own settings)."""
+    own = dict(prompt) if isinstance(prompt, dict) else {'prompt': prompt}
+    text = own.pop('prompt', None)
+    if not isinstance(text, str):
+        raise TypeError(f'prompt {index}: expected a string or a dict with a "prompt" string, got {prompt!r}')
+    n = own.pop('max_gen', max_gen)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f'prompt {index}: max_gen must be an integer >= 0, got {n!r}')
+    stops = own.pop('stop', stop)
+    sampler = gen._make_sampler({**kwargs, **own})
+    tokens = [int(t) for t in gen.tokenize(text)]
+    if not tokens:
+        raise ValueError(f'prompt {index} is empty: give at least one token')
+    return _Request(index, tokens, int(n), sampler, _TextPieces(gen.detokenize, stops))
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

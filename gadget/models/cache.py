@@ -115,7 +115,7 @@ class KVCache:
                 f'{n_tokens} new tokens of {len(items)} sequence(s) exceed the {free.size} free cells '
                 f'of the cache (context_length {self.n_ctx}, shared by all sequences): forget a '
                 'sequence, reset(), or load the model with a larger context_length')
-        rows = free[:n_tokens].astype(np.int64)
+        rows = self._rows(items, empty)
         positions = np.concatenate([np.arange(self.n_past(seq), self.n_past(seq) + n, dtype=np.int32)
                                     for seq, n in items]) if items else np.zeros(0, np.int32)
         seqs = np.concatenate([np.full(n, seq, dtype=np.int32) for seq, n in items]) if items \
@@ -134,6 +134,24 @@ class KVCache:
             d = np.arange(self.row, dtype=np.int64)[:, None]
             v_index = (d * self.n_ctx + rows[None, :]).ravel()
         return CachePlan(rows=rows, positions=positions, seqs=seqs, window=window, mask=mask, v_index=v_index)
+
+    def _rows(self, items: list[tuple[int, int]], empty: np.ndarray) -> np.ndarray:
+        # Each sequence's new tokens go to the first free cells after its own last cell, so its
+        # cells stay in position order: attention then adds up the same terms in the same order as
+        # for the sequence alone (GGML's sums run over cells in order), and a sequence's logits do not
+        # change with where the others are. Only when no free cell is left after it, any free cell.
+        taken = ~empty
+        rows = []
+        for seq, n in items:
+            mine = np.flatnonzero(self.cell_seq == seq)
+            after = int(mine[-1]) + 1 if mine.size else 0
+            free = np.flatnonzero(~taken[after:]) + after
+            if free.size < n:
+                free = np.concatenate([free, np.flatnonzero(~taken[:after])])
+            chosen = free[:n]
+            taken[chosen] = True
+            rows.append(chosen)
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
 
     def forget(self, seq: int) -> None:
         """Free every cell of sequence ``seq`` (its slot can take a new prompt)."""
