@@ -156,9 +156,16 @@ def _generate(args: argparse.Namespace) -> int:
     from .textgen import TextGen
 
     front: type[TextGen] = ShrekGen if args.sampler == 'shrek' else TextGen
+    if len(args.prompt) > 1 and front is ShrekGen:
+        raise ValueError('--sampler shrek generates one prompt at a time: give one prompt')
     with front(args.model, args.tokenizer, **_model_kwargs(args)) as gen:
-        chunks = gen.stream(args.prompt, stop=args.stop or (), **_sampling_args(args))   # checks first
-        print(args.prompt, end='', flush=True)
+        if len(args.prompt) > 1:
+            # several prompts decode together; each is printed whole, in order, a blank line apart
+            texts = gen.generate_batch(args.prompt, stop=args.stop or (), **_sampling_args(args))
+            print('\n\n'.join(p + t for p, t in zip(args.prompt, texts)))
+            return 0
+        chunks = gen.stream(args.prompt[0], stop=args.stop or (), **_sampling_args(args))  # checks first
+        print(args.prompt[0], end='', flush=True)
         for chunk in chunks:
             print(chunk, end='', flush=True)
         print()
@@ -315,7 +322,8 @@ _EXAMPLES = {
     'generate': ['gadget generate "The capital of France is" --temperature 0 -n 16',
                  'gadget generate "Once upon a time" -n 64 --top-p 0.95 --seed 1 --stop "\\n\\n"',
                  'gadget generate "Once upon a time" --sampler shrek --seed 1',
-                 'gadget generate "Hello" --model model.gguf --threads 4 --context 2048'],
+                 'gadget generate "Hello" --model model.gguf --threads 4 --context 2048',
+                 'gadget generate "The capital of France is" "Water boils at" -n 16 --temperature 0'],
     'chat': ['gadget chat                                  (interactive; /reset, /exit)',
              'gadget chat --message "Name three rivers." --system "Answer briefly."',
              'gadget chat --sampler shrek --seed 3 --message "Tell me a story."'],
@@ -362,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     inspect.set_defaults(run=_user_errors('inspect', _inspect))
 
     generate = _parser(commands, 'generate', 'continue a prompt with a language model')
-    generate.add_argument('prompt', help='the text to continue')
+    generate.add_argument('prompt', nargs='+', help='the text to continue; several prompts are decoded '
+                          'together (printed whole, in order, a blank line apart)')
     generate.add_argument('--stop', action='append', help='stop string (repeatable)')
     _add_model_args(generate)
     generate.set_defaults(run=_user_errors('generate', _generate))

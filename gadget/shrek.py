@@ -370,6 +370,12 @@ class ShrekGen(TextGen):
         """One token from ``logits`` and the last evaluation's attention scores."""
         return self._make_sampler(kwargs)(logits, self.history)
 
+    def stream_batch(self, prompts: Any, *args: Any, **kwargs: Any) -> Any:
+        """Not for Shrek: its sampler reads the attention scores of the one sequence just evaluated,
+        which a batch of several sequences does not give it. Generate prompt by prompt instead."""
+        raise TypeError(f'{type(self).__name__} generates one prompt at a time (its sampler reads that '
+                        'prompt\'s attention scores): call generate() per prompt, or batch with TextGen')
+
 
 class ShrekChat(ShrekGen, TextChat):
     """A conversation (:class:`~gadget.textgen.TextChat`) sampled with the entropy-aware method;

@@ -119,6 +119,16 @@ def test_generate_with_the_shrek_sampler_is_seeded(model):
         assert out.returncode == 1 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_generate_several_prompts_decodes_them_together(model):
+    out = gadget('generate', 'The capital of France is', 'Water boils at', '--model', model, '-n', '8',
+                 '--temperature', '0', '--context', '256')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith('The capital of France is Paris') and '\n\nWater boils at' in out.stdout
+    shrek = gadget('generate', 'a', 'b', '--model', model, '--sampler', 'shrek')
+    assert shrek.returncode == 1 and 'one prompt at a time' in shrek.stderr
+    assert len(shrek.stderr.strip().splitlines()) == 1
+
+
 def test_chat_with_the_shrek_sampler(model):
     out = gadget('chat', '--model', model, '--sampler', 'shrek', '--seed', '2', '--message', 'Name a colour.',
                  '-n', '16', '--context', '512')

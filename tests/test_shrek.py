@@ -360,3 +360,11 @@ def test_shrek_chat_turns_are_seeded_and_a_failed_turn_leaves_the_conversation()
         with pytest.raises(ValueError, match='top_p'):
             chat.generate_chat('And a vegetable?', max_gen=8, top_p=2.0)
         assert chat.messages == before
+
+
+def test_shrek_refuses_a_batch_of_prompts():
+    # its sampler reads the one evaluated sequence's attention scores: a batch would feed it others'
+    from gadget.shrek import ShrekGen
+    with ShrekGen(context_length=128) as gen:
+        with pytest.raises(TypeError, match='one prompt at a time'):
+            gen.generate(['a', 'b'], max_gen=2)
