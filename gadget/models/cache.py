@@ -107,21 +107,17 @@ class KVCache:
             raise ValueError(f'each sequence at most once in a call, got {seqs_given}')
         n_tokens = sum(n for _, n in items)
         empty = self.cell_seq == _EMPTY
-        free = np.flatnonzero(empty)
-        if n_tokens > free.size and len(items) == 1:
-            self._check_room(n_tokens, free.size, items[0][0])
-        if n_tokens > free.size:
+        n_free = int(np.count_nonzero(empty))
+        if n_tokens > n_free and len(items) == 1:
+            self._check_room(n_tokens, n_free, items[0][0])
+        if n_tokens > n_free:
             raise ContextOverflowError(
-                f'{n_tokens} new tokens of {len(items)} sequence(s) exceed the {free.size} free cells '
+                f'{n_tokens} new tokens of {len(items)} sequence(s) exceed the {n_free} free cells '
                 f'of the cache (context_length {self.n_ctx}, shared by all sequences): forget a '
                 'sequence, reset(), or load the model with a larger context_length')
-        rows = self._rows(items, empty)
-        positions = np.concatenate([np.arange(self.n_past(seq), self.n_past(seq) + n, dtype=np.int32)
-                                    for seq, n in items]) if items else np.zeros(0, np.int32)
-        seqs = np.concatenate([np.full(n, seq, dtype=np.int32) for seq, n in items]) if items \
-            else np.zeros(0, np.int32)
+        rows, positions, seqs = self._place(items, empty)
         used = np.flatnonzero(~empty)
-        last = max(int(rows[-1]) if n_tokens else 0, int(used[-1]) if used.size else 0)
+        last = max(int(rows.max()) if n_tokens else 0, int(used[-1]) if used.size else 0)
         window = min(self.n_ctx, (last // self.step + 1) * self.step)
         # The cells as they will be once this call has run, over the window.
         cell_pos, cell_seq = self.cell_pos[:window].copy(), self.cell_seq[:window].copy()
@@ -135,15 +131,18 @@ class KVCache:
             v_index = (d * self.n_ctx + rows[None, :]).ravel()
         return CachePlan(rows=rows, positions=positions, seqs=seqs, window=window, mask=mask, v_index=v_index)
 
-    def _rows(self, items: list[tuple[int, int]], empty: np.ndarray) -> np.ndarray:
-        # Each sequence's new tokens go to the first free cells after its own last cell, so its
-        # cells stay in position order: attention then adds up the same terms in the same order as
-        # for the sequence alone (GGML's sums run over cells in order), and a sequence's logits do not
-        # change with where the others are. Only when no free cell is left after it, any free cell.
+    def _place(self, items: list[tuple[int, int]], empty: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The cells (int64), positions and sequence ids (int32) of the new tokens of ``items``.
+
+        Each sequence's new tokens go to the first free cells after its own last cell, so its
+        cells stay in position order: attention then adds up the same terms in the same order as
+        for the sequence alone (GGML's sums run over cells in order), and a sequence's logits do not
+        change with where the others are. Only when no free cell is left after it, any free cell.
+        """
         taken = ~empty
-        rows = []
+        rows, positions, seqs = [], [], []
         for seq, n in items:
-            mine = np.flatnonzero(self.cell_seq == seq)
+            mine = np.flatnonzero(self.cell_seq == seq)        # its cells; their count is its length
             after = int(mine[-1]) + 1 if mine.size else 0
             free = np.flatnonzero(~taken[after:]) + after
             if free.size < n:
@@ -151,7 +150,12 @@ class KVCache:
             chosen = free[:n]
             taken[chosen] = True
             rows.append(chosen)
-        return np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+            positions.append(np.arange(mine.size, mine.size + n, dtype=np.int32))
+            seqs.append(np.full(n, seq, dtype=np.int32))
+        if not items:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32)
+        return (np.concatenate(rows).astype(np.int64), np.concatenate(positions),
+                np.concatenate(seqs))
 
     def forget(self, seq: int) -> None:
         """Free every cell of sequence ``seq`` (its slot can take a new prompt)."""
