@@ -27,12 +27,11 @@ from typing import Any
 def _load_openblas() -> None:
     """In a build with GGML's BLAS backend (the default; not with ``GADGET_BLAS=0``), load the
     OpenBLAS it is linked against (``libscipy_openblas.so`` of the scipy-openblas32 package) before
-    GGML's libraries: the dynamic
-    loader then finds it among the loaded libraries by its SONAME, with no ``LD_LIBRARY_PATH`` and no
-    path baked into the build. Its idle worker threads are told to sleep almost at once
-    (``OPENBLAS_THREAD_TIMEOUT=4`` in the process's environment, unless it is set already; numpy's
-    own OpenBLAS, when loaded later, reads it too): otherwise they spin for a tenth of a second
-    after every product, on the cores GGML's own threads need next."""
+    GGML's libraries: the dynamic loader then finds it among the loaded libraries by its SONAME,
+    with no ``LD_LIBRARY_PATH`` and no path baked into the build. Its idle worker threads are told
+    to sleep almost at once (``OPENBLAS_THREAD_TIMEOUT=4`` in the process's environment, unless it
+    is set already; numpy's own OpenBLAS, when loaded later, reads it too): otherwise they spin for
+    a tenth of a second after every product, on the cores GGML's own threads need next."""
     if not any((Path(__file__).parent / 'lib').glob('libgadget-ggml-blas.so*')):
         return
     # 2**4 cycles of spinning (the minimum), read when the library loads: before the import,

@@ -173,6 +173,7 @@ class GgmlCompute:
         # every graph must (scheduler=True).
         self._graph_on_sched = False
         self._sched_always = bool(scheduler)
+        self._sched_backends: list[Backend] = []
         try:
             offload = [offload] if isinstance(offload, (str, Backend)) else list(offload)
             if blas not in (True, False, None):
@@ -221,6 +222,9 @@ class GgmlCompute:
         if sched == ffi.NULL:
             raise GadgetError(f'could not create GGML\'s scheduler over {names + ["cpu"]}')
         self._handles.sched = sched
+        # Every backend the scheduler may use, in one global order: a compute locks them all in
+        # that order, so no two computes can wait on each other.
+        self._sched_backends = sorted({id(b): b for b in (self.backend, *self.offload)}.values(), key=id)
 
     @property
     def scheduled(self) -> bool:
@@ -254,10 +258,8 @@ class GgmlCompute:
         if not self._graph_on_sched:
             with self.backend.lock:
                 return lib.ggml_backend_graph_compute(self.backend.handle, graph)
-        # Every backend the scheduler may use, locked in one global order (no two computes can
-        # wait on each other).
         with contextlib.ExitStack() as held:
-            for b in sorted({id(b): b for b in (self.backend, *self.offload)}.values(), key=id):
+            for b in self._sched_backends:
                 held.enter_context(b.lock)
             return lib.ggml_backend_sched_graph_compute(self._handles.sched, graph)
 

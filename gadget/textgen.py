@@ -252,6 +252,11 @@ class TextGen:
         if max_sequences is not None and (isinstance(max_sequences, bool)
                                           or not isinstance(max_sequences, int) or max_sequences < 1):
             raise ValueError(f'max_sequences must be an int >= 1, got {max_sequences!r}')
+        n_ctx = int(self.model.params['context_length'])
+        for request in requests:             # before the context is replaced: nothing changes
+            if len(request.context) > n_ctx:
+                raise ContextOverflowError(f'prompt {request.index} has {len(request.context)} tokens, '
+                                           f'more than context_length ({n_ctx})')
         return self._stream_batch(requests, max_sequences or max(1, len(requests)))
 
     def _stream_batch(self, requests: list['_Request'], width: int) -> Iterator[tuple[int, str]]:
@@ -262,10 +267,6 @@ class TextGen:
             self.model.reset()
             self.history = []
             n_ctx = int(self.model.params['context_length'])
-            for request in requests:
-                if len(request.context) > n_ctx:
-                    raise ContextOverflowError(f'prompt {request.index} has {len(request.context)} tokens, '
-                                               f'more than context_length ({n_ctx})')
             waiting = list(requests)
             active: dict[int, _Request] = {}
             new: dict[int, list[int]] = {}           # the next call's tokens, by sequence (= index)
@@ -396,7 +397,6 @@ class _Request:
             self.finish_reason = 'length'
             return piece + self.pieces.flush(), True
         return piece, False
-
 
 
 def _batch_request(gen: 'TextGen', index: int, prompt: Any, max_gen: int, stop: Iterable[str],

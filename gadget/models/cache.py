@@ -102,19 +102,8 @@ class KVCache:
     def plan_batch(self, items: list[tuple[int, int]]) -> CachePlan:
         """The same for one call holding ``(seq, n_tokens)`` of several sequences, in that order
         (each sequence at most once): the tokens of each follow its cached ones."""
-        seqs_given = [seq for seq, _ in items]
-        if len(set(seqs_given)) != len(seqs_given):
-            raise ValueError(f'each sequence at most once in a call, got {seqs_given}')
+        empty = self.check_fits_batch(items)
         n_tokens = sum(n for _, n in items)
-        empty = self.cell_seq == _EMPTY
-        n_free = int(np.count_nonzero(empty))
-        if n_tokens > n_free and len(items) == 1:
-            self._check_room(n_tokens, n_free, items[0][0])
-        if n_tokens > n_free:
-            raise ContextOverflowError(
-                f'{n_tokens} new tokens of {len(items)} sequence(s) exceed the {n_free} free cells '
-                f'of the cache (context_length {self.n_ctx}, shared by all sequences): forget a '
-                'sequence, reset(), or load the model with a larger context_length')
         rows, positions, seqs = self._place(items, empty)
         used = np.flatnonzero(~empty)
         last = max(int(rows.max()) if n_tokens else 0, int(used[-1]) if used.size else 0)
@@ -130,6 +119,24 @@ class KVCache:
             d = np.arange(self.row, dtype=np.int64)[:, None]
             v_index = (d * self.n_ctx + rows[None, :]).ravel()
         return CachePlan(rows=rows, positions=positions, seqs=seqs, window=window, mask=mask, v_index=v_index)
+
+    def check_fits_batch(self, items: list[tuple[int, int]]) -> np.ndarray:
+        """A ValueError for a sequence given twice, :class:`ContextOverflowError` unless the tokens
+        of ``items`` (``(seq, n_tokens)``) fit in the free cells; returns the mask of free cells."""
+        seqs_given = [seq for seq, _ in items]
+        if len(set(seqs_given)) != len(seqs_given):
+            raise ValueError(f'each sequence at most once in a call, got {seqs_given}')
+        n_tokens = sum(n for _, n in items)
+        empty = self.cell_seq == _EMPTY
+        n_free = int(np.count_nonzero(empty))
+        if n_tokens > n_free and len(items) == 1:
+            self._check_room(n_tokens, n_free, items[0][0])
+        if n_tokens > n_free:
+            raise ContextOverflowError(
+                f'{n_tokens} new tokens of {len(items)} sequence(s) exceed the {n_free} free cells '
+                f'of the cache (context_length {self.n_ctx}, shared by all sequences): forget a '
+                'sequence, reset(), or load the model with a larger context_length')
+        return empty
 
     def _place(self, items: list[tuple[int, int]], empty: np.ndarray) -> tuple[np.ndarray, ...]:
         """The cells (int64), positions and sequence ids (int32) of the new tokens of ``items``.

@@ -165,7 +165,7 @@ class CachedDecoder(GgmlModel):
             items.append((int(seq), token_ids(tokens, n_vocab)))
         with self.lock:
             self._check_open()
-            self.cache.plan_batch([(seq, ids.size) for seq, ids in items])   # fits? (nothing changes)
+            self.cache.check_fits_batch([(seq, ids.size) for seq, ids in items])   # before computing
             batch = self.params['batch_size']
             results: dict[int, np.ndarray] = {}
             parts: list[tuple[int, np.ndarray]] = []
