@@ -76,10 +76,14 @@ _PRELUDE_LINES = len(_KNOWN_TYPES)
 
 _C_HELPERS = r'''
 #include <dlfcn.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+static void gadget_on_parked(const char *message);   /* Python (extern "Python") */
 
 /* One guard point per thread: GGML's abort callback jumps back to the innermost guarded call of
    the thread that failed. Outside a guarded call (e.g. GGML's worker threads during compute) the
@@ -88,12 +92,35 @@ static __thread jmp_buf *gadget_jmp = NULL;
 static __thread int gadget_failed = 0;
 static __thread char gadget_message[2048];
 
+/* A thread that talks to GGML's RPC backend (C++ code, which no longjmp may cross) is marked
+   "parkable": a GGML_ABORT on it (a server gone mid-call: "Remote RPC server crashed ...") tells
+   Python through gadget_on_parked, then stops that thread for good, signals blocked, instead of
+   letting GGML abort the process. Python, waiting for the call with a timeout, raises. */
+static __thread int gadget_parkable = 0;
+
+static void gadget_set_parkable(int on) {
+    gadget_parkable = on;
+}
+
+static void gadget_park(const char *message) {
+    gadget_on_parked(message);
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        sleep(3600);
+    }
+}
+
 static void gadget_on_abort(const char *message) {
     jmp_buf *target = gadget_jmp;
     if (target != NULL) {
         snprintf(gadget_message, sizeof gadget_message, "%s", message);
         gadget_failed = 1;
         longjmp(*target, 1);
+    }
+    if (gadget_parkable) {
+        gadget_park(message);
     }
     fprintf(stderr, "GGML aborted outside a guarded call: %s\n", message);
     fflush(stderr);
@@ -211,6 +238,8 @@ static const char *gadget_take_error(void);
 static int gadget_error_pending(void);
 static const char *gadget_api(void);
 extern "Python" void gadget_log_callback(enum ggml_log_level, const char *, void *);
+extern "Python" void gadget_on_parked(const char *);
+static void gadget_set_parkable(int on);
 static void gadget_op_gelu_erf(struct ggml_tensor *, const struct ggml_tensor *, int, int, void *);
 static void gadget_op_attention(struct ggml_tensor *, int, int, void *);
 '''
@@ -280,7 +309,7 @@ def exported_symbols(libraries: list[Path]) -> set[str]:
     return symbols
 
 
-_DEFINE = re.compile(r'^\s*#\s*define\s+((?:GGML|GGUF)_[A-Z0-9_]+)[ \t]+([^\n]+?)\s*(?://.*)?$', re.M)
+_DEFINE = re.compile(r'^\s*#\s*define\s+((?:GGML|GGUF|RPC)_[A-Z0-9_]+)[ \t]+([^\n]+?)\s*(?://.*)?$', re.M)
 _INT_EXPR = re.compile(r'^[\s()0-9a-fA-FxXuUlL<>|&+\-*~]+$')
 
 
@@ -293,7 +322,7 @@ def integer_constants(include_dir: Path, headers: list[str]) -> list[str]:
     names: list[str] = []
     for name, body in bodies.items():
         # A body may refer to other integer constants (e.g. GGML_KQ_MASK_PAD); replace them first.
-        expanded = re.sub(r'\b(?:GGML|GGUF)_[A-Z0-9_]+\b',
+        expanded = re.sub(r'\b(?:GGML|GGUF|RPC)_[A-Z0-9_]+\b',
                           lambda m: '1' if m.group(0) in bodies else m.group(0), body)
         if _INT_EXPR.match(expanded) and re.search(r'\d', expanded):
             names.append(name)

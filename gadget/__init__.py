@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from .errors import (BackendError, ClosedError, ContextOverflowError, GadgetError, GgmlError, GgmlOpError,
-                     GgufError, ModelFileError)
+                     GgufError, ModelFileError, RemoteError)
 
 # Imported eagerly: the function ``gadget.backends()`` shares its name with the module
 # ``gadget.backends``, and importing the module later would otherwise shadow the function.
@@ -30,7 +30,7 @@ _LAZY = {
 }
 
 __all__ = ['__version__', 'GadgetError', 'GgmlError', 'GgmlOpError', 'GgufError', 'BackendError',
-           'ModelFileError', 'ContextOverflowError', 'ClosedError',
+           'ModelFileError', 'ContextOverflowError', 'ClosedError', 'RemoteError',
            'Backend', 'backends', *_LAZY]
 
 

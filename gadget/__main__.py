@@ -90,7 +90,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=_positive_int, default=None,
                         help='CPU threads (default: the physical cores this process may use)')
     parser.add_argument('--context', type=_positive_int, default=None, help='context length (KV cache size)')
-    parser.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
+    parser.add_argument('--backend', default='cpu', type=_backend_arg,
+                        help="'cpu', 'cuda[:N]' or 'rpc://host:port'; several, separated by commas, "
+                        'split the layers over them')
+    parser.add_argument('--layer-split', type=_fractions, default=None,
+                        help='with several backends: their shares of the layers, e.g. 0.6,0.4 (default even)')
     _add_blas_arg(parser)
 
 
@@ -113,9 +117,69 @@ def _sampling_args(args: argparse.Namespace) -> dict:
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
     kwargs = dict(backend=args.backend, n_threads=args.threads, blas=args.blas)
+    if args.layer_split is not None:
+        kwargs['layer_split'] = args.layer_split
     if args.context is not None:
         kwargs['context_length'] = args.context
     return kwargs
+
+
+def _backend_arg(text: str) -> str | list[str]:
+    """``--backend``: one name, or several separated by commas (a model split over them)."""
+    names = [n.strip() for n in text.split(',')]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f'{text!r}: expected a backend name, or names separated by '
+                                         'commas (e.g. rpc://10.0.0.2:50052,rpc://10.0.0.3:50052)')
+    return names if len(names) > 1 else names[0]
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(f) for f in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected fractions separated by commas, '
+                                         'e.g. 0.6,0.4') from None
+
+
+def _rpc_server(args: argparse.Namespace) -> int:
+    import os
+    import socket
+    import threading
+
+    from . import rpc
+    from .backends import default_threads, local_device
+
+    device = local_device(args.device)
+    if not rpc.is_loopback(args.host):
+        print(f'gadget rpc-server: warning: serving on {args.host}, not loopback. GGML\'s RPC protocol has '
+              'no authentication and no encryption: anyone who reaches this port can run code on this '
+              'machine\'s device and read its memory there. Use a private network or a tunnel only.',
+              file=sys.stderr)
+    # GGML only says "Failed to create server socket": find out why first, with the reason.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((args.host, args.port))
+    except OSError as exc:
+        raise OSError(exc.errno, f'cannot listen on {args.host}:{args.port}: {exc.strerror}') from None
+    if args.cache:
+        os.makedirs(args.cache, exist_ok=True)
+    threads = args.threads or default_threads()
+    print(f'gadget rpc-server: serving {args.device} on {args.host}:{args.port} with {threads} threads '
+          f'(GGML RPC protocol {".".join(map(str, rpc.PROTOCOL))}); Ctrl-C stops it', flush=True)
+    server = threading.Thread(target=rpc.serve, args=(args.host, args.port, device, threads, args.cache),
+                              daemon=True)
+    server.start()
+    while server.is_alive():
+        server.join(0.5)
+    raise RuntimeError(f'GGML\'s RPC server on {args.host}:{args.port} stopped (see its messages above)')
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f'{value} is not a port (1 to 65535)')
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -405,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
                        help='convert the matrices when loading (BF16: fastest with AVX-512 BF16)')
     embed.add_argument('--threads', type=_positive_int, default=None,
                        help='CPU threads (default: the physical cores this process may use)')
-    embed.add_argument('--backend', default='cpu', help="'cpu' or 'cuda[:N]'")
+    embed.add_argument('--backend', default='cpu', type=_backend_arg,
+                       help="'cpu', 'cuda[:N]' or 'rpc://host:port'; several, separated by commas, split "
+                       'the layers over them')
     _add_blas_arg(embed)
     embed.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     embed.set_defaults(run=_user_errors('embed', _embed))
@@ -431,6 +497,21 @@ def main(argv: list[str] | None = None) -> int:
                        "(and Graphviz's layout fast); 0: every layer (default 2)")
     graph.add_argument('--context', type=_positive_int, default=256, help='context length (default 256)')
     graph.set_defaults(run=_user_errors('graph', _graph))
+
+    server = _parser(commands, 'rpc-server', "serve this machine's CPU or GPU to other gadgets (GGML RPC)",
+                     "Run GGML's RPC server: clients use this machine's device with "
+                     "--backend rpc://HOST:PORT (or backend='rpc://HOST:PORT'). GGML's RPC protocol has no "
+                     'authentication and no encryption: never expose the port to an untrusted network '
+                     '(bind to loopback, the default, or a private interface, or tunnel).')
+    server.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1)')
+    server.add_argument('--port', type=_port, default=50052, help='port (default 50052)')
+    server.add_argument('--threads', type=_positive_int, default=None,
+                        help='CPU threads (default: the physical cores this process may use)')
+    server.add_argument('--device', default='cpu', help="the device to serve: 'cpu' (default) or 'cuda[:N]'")
+    server.add_argument('--cache', default=None,
+                        help='folder where the server keeps large tensors by hash, so a client loading the '
+                        'same weights again sends only their hashes')
+    server.set_defaults(run=_user_errors('rpc-server', _rpc_server))
 
     from .bench.cli import add_parser as add_bench
     add_bench(commands)

@@ -18,9 +18,10 @@ import ctypes
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 
@@ -59,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on how gadget was insta
         'current folder, which shadows the installed package: run from another folder.'
     ) from exc
 
-__all__ = ['ffi', 'lib', 'API', 'log', 'MODULES']
+__all__ = ['ffi', 'lib', 'API', 'log', 'MODULES', 'park_handlers']
 
 log = logging.getLogger('gadget.ggml')
 log.addHandler(logging.NullHandler())
@@ -99,6 +100,21 @@ def gadget_log_callback(level: int, text: Any, user_data: Any) -> None:
         message, _pending.text = _pending.text.rstrip('\n'), ''
         if log.isEnabledFor(_pending.level):
             log.log(_pending.level, '%s', message)
+
+
+#: ``thread id -> handler`` for threads marked parkable (``lib.gadget_set_parkable``): GGML aborted
+#: on that thread (an RPC server gone mid-call); the handler gets GGML's message, then the thread
+#: stops for good instead of the process aborting (see ``gadget.backends``).
+park_handlers: dict[int, Callable[[str], None]] = {}
+
+
+@ffi.def_extern()
+def gadget_on_parked(message: Any) -> None:
+    """Called by GGML's abort callback on a parkable thread, before it stops that thread."""
+    text = ffi.string(message).decode('utf-8', 'replace').strip() if message != ffi.NULL else ''
+    handler = park_handlers.pop(threading.get_ident(), None)
+    if handler is not None:
+        handler(text)
 
 
 MODULE_PREFIX = 'libgadget-ggml-'

@@ -1,4 +1,5 @@
-"""GGML backends through GGML's backend registry: ``'cpu'``, ``'cuda'`` / ``'cuda:N'`` when built in.
+"""GGML backends through GGML's backend registry: ``'cpu'``, ``'cuda'`` / ``'cuda:N'`` when built in,
+and ``'rpc://host:port'``: a GGML RPC server on another machine (see :mod:`gadget.rpc`).
 
 :func:`backends` lists what this build and machine support; :class:`Backend` owns one initialised
 ``ggml_backend_t`` (``close()`` / ``with``).
@@ -12,17 +13,19 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import BackendError
+from . import rpc
+from .errors import BackendError, RemoteError
 from .ggml import ffi, lib
 
-__all__ = ['Backend', 'backends', 'devices', 'default_threads', 'CUDA_REBUILD_HINT']
+__all__ = ['Backend', 'backends', 'devices', 'local_device', 'default_threads', 'CUDA_REBUILD_HINT']
 
 CUDA_REBUILD_HINT = ('rebuild gadget with the CUDA backend: CMAKE_ARGS="-DGGML_CUDA=ON" pip install '
                      '--force-reinstall --no-cache-dir . (from the source tree; see the README)')
 
 # Registry names of the backends gadget knows how to address, by gadget's name for them.
 # 'blas': GGML's BLAS backend (matrix products through cblas_sgemm), in builds with GGML_BLAS.
-_KINDS = {'cpu': 'CPU', 'cuda': 'CUDA', 'blas': 'BLAS'}
+# 'rpc': named 'rpc://host:port' (a server, not a device of this machine's registry).
+_KINDS = {'cpu': 'CPU', 'cuda': 'CUDA', 'blas': 'BLAS', 'rpc': 'RPC'}
 _THREADED = ('cpu', 'blas')   # backends with a thread count (both run on the CPU's cores)
 # How long the CPU backend's idle workers poll for the next graph before they sleep: GGML's
 # threadpool ``poll`` level (0-100, GGML's default 50, where a worker spins for milliseconds). 0:
@@ -112,16 +115,42 @@ def backends() -> list[str]:
 
 def _parse(name: str) -> tuple[str, int]:
     if not isinstance(name, str):
-        raise BackendError(f'backend names are strings such as "cpu" or "cuda:0", got {name!r}')
+        raise BackendError(f'backend names are strings such as "cpu", "cuda:0" or "rpc://host:port", '
+                           f'got {name!r}')
     kind, _, index = name.strip().lower().partition(':')
+    if kind == 'rpc':
+        rpc.parse_endpoint(name)
+        return kind, 0
     if kind not in _KINDS:
         raise BackendError(f'unknown backend {name!r}; available here: {", ".join(backends())} '
-                           f'(gadget knows: {", ".join(_KINDS)})')
+                           f'(gadget knows: cpu, cuda[:N], blas, rpc://host:port)')
     if index and not index.isdigit():
         raise BackendError(f'bad device index in backend {name!r}: expected e.g. "{kind}:0"')
     if kind in ('cpu', 'blas') and index not in ('', '0'):
         raise BackendError(f'there is one {kind.upper()} backend: use "{kind}", not {name!r}')
     return kind, int(index or 0)
+
+
+# endpoint -> open RPC backends of this process
+_rpc_in_use: dict[str, int] = {}
+
+
+def _free_rpc_backend(handle: Any, endpoint: str) -> None:
+    lib.ggml_backend_free(handle)      # no traffic: GGML's RPC backend only frees its own record
+    _rpc_in_use[endpoint] -= 1
+
+
+def local_device(name: str) -> Any:
+    """The ``ggml_backend_dev_t`` of a device of this machine (``'cpu'``, ``'cuda:N'``), e.g. for
+    an RPC server to serve."""
+    kind, index = _parse(name)
+    if kind in ('rpc', 'blas'):
+        raise BackendError(f'{name!r} is not a device of this machine to serve: use "cpu" or "cuda[:N]"')
+    devs = _registry_devices(_KINDS[kind])
+    if index >= len(devs):
+        hint = f'; {CUDA_REBUILD_HINT}' if kind == 'cuda' and not devs else ''
+        raise BackendError(f'no device {name!r} here (available: {", ".join(backends())}){hint}')
+    return devs[index]
 
 
 def _free_backend(handle: Any, pool: list[Any]) -> None:
@@ -135,12 +164,32 @@ class Backend:
     """One initialised GGML backend (device), owned by this object.
 
     Arguments:
-        name: ``'cpu'``, ``'cuda'`` (device 0) or ``'cuda:N'``.
-        n_threads: CPU threads (CPU backend only); default: the cores available to this process.
+        name: ``'cpu'``, ``'cuda'`` (device 0), ``'cuda:N'``, ``'blas'`` or ``'rpc://host:port'``
+            (a server started with ``gadget rpc-server``; its first device).
+        n_threads: CPU threads (CPU backend only; an RPC server's are set where it starts);
+            default: the cores available to this process.
+        timeout: RPC only: seconds one call to the server may take before the server counts as
+            hung (default :data:`gadget.rpc.TIMEOUT`).
     """
 
-    def __init__(self, name: str = 'cpu', n_threads: int | None = None):
+    def __init__(self, name: str = 'cpu', n_threads: int | None = None, timeout: float | None = None):
         kind, index = _parse(name)
+        self.kind = kind
+        self.index = index
+        self._handle: Any = None
+        self._finalizer: Any = None
+        #: ``host:port`` of an RPC server (None for the backends of this machine).
+        self.endpoint: str | None = None
+        #: Held while a graph computes on this backend: models that share one backend (and so its
+        #: thread pool and work buffer, which GGML does not guard) compute one at a time.
+        self.lock = threading.RLock()
+        self.n_threads = 0
+        self._pool: list[Any] = [None]
+        if kind == 'rpc':
+            self._init_rpc(name, timeout)
+            return
+        if timeout is not None:
+            raise ValueError(f'timeout= is for RPC backends, not {name!r}')
         devs = _registry_devices(_KINDS[kind])
         if not devs:
             if kind == 'cuda':
@@ -153,23 +202,59 @@ class Backend:
         if index >= len(devs):
             raise BackendError(f'backend {name!r}: only {len(devs)} {kind} device(s) here '
                                f'({", ".join(backends())})')
-        self.kind = kind
-        self.index = index
         self.name = kind if kind in ('cpu', 'blas') else f'{kind}:{index}'
         self.device = devs[index]
         handle = lib.ggml_backend_dev_init(self.device, ffi.NULL)
         if handle == ffi.NULL:
             raise BackendError(f'backend {name!r} failed to initialise')
         self._handle = handle
-        # The CPU backend's thread pool, owned here: freed after the backend that uses it.
-        self._pool: list[Any] = [None]
+        # The CPU backend's thread pool (in self._pool), owned here: freed after the backend.
         self._finalizer = weakref.finalize(self, _free_backend, handle, self._pool)
-        self.n_threads = 0
-        #: Held while a graph computes on this backend: models that share one backend (and so its
-        #: thread pool and work buffer, which GGML does not guard) compute one at a time.
-        self.lock = threading.RLock()
         if kind in _THREADED:
             self.set_n_threads(n_threads or default_threads())
+
+    def _init_rpc(self, name: str, timeout: float | None) -> None:
+        host, port = rpc.parse_endpoint(name)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < float('inf')):
+            raise ValueError(f'timeout must be a positive number of seconds, got {timeout!r}')
+        endpoint = self.endpoint = f'{host}:{port}'
+        self.name = f'rpc://{endpoint}'
+        self.timeout = float(timeout) if timeout is not None else rpc.TIMEOUT
+        problem = rpc.failed(endpoint)
+        if problem is not None:
+            raise RemoteError(f'RPC server {self.name} is unusable from this process ({problem}); '
+                              'GGML keeps the broken connection: restart this process (or use a server '
+                              'on another port)')
+        # While this process holds a connection to the server (another backend's buffers there),
+        # the server, which serves one client at a time, would not answer a second one.
+        if not _rpc_in_use.get(endpoint):
+            rpc.probe(endpoint)
+
+        def init() -> tuple[Any, Any]:
+            handle = lib.ggml_backend_rpc_init(endpoint.encode(), 0)
+            buffer_type = lib.ggml_backend_get_default_buffer_type(handle) if handle != ffi.NULL else None
+            return handle, buffer_type
+
+        handle, self._buffer_type = self.call(init, what='connecting')
+        if handle == ffi.NULL or self._buffer_type == ffi.NULL:
+            raise RemoteError(f'GGML could not connect to the RPC server {self.name}')
+        self.device = lib.ggml_backend_get_device(handle)
+        self._handle = handle
+        _rpc_in_use[endpoint] = _rpc_in_use.get(endpoint, 0) + 1
+        self._finalizer = weakref.finalize(self, _free_rpc_backend, handle, endpoint)
+
+    @property
+    def remote(self) -> bool:
+        """Whether this is an RPC backend (its calls go through :func:`gadget.rpc.call`)."""
+        return self.kind == 'rpc'
+
+    def call(self, fn: Any, *args: Any, what: str = 'the call') -> Any:
+        """``fn(*args)``: for an RPC backend on gadget's RPC worker, with this backend's timeout
+        (see :func:`gadget.rpc.call`); directly otherwise."""
+        if self.endpoint is None:
+            return fn(*args)
+        return rpc.call(fn, *args, endpoints=[self.endpoint], timeout=self.timeout, what=what)
 
     @property
     def handle(self) -> Any:
@@ -186,6 +271,9 @@ class Backend:
     @property
     def buffer_type(self) -> Any:
         """The backend's default buffer type (where its tensors are allocated)."""
+        if self.kind == 'rpc':
+            self.handle   # raises once closed
+            return self._buffer_type
         return lib.ggml_backend_get_default_buffer_type(self.handle)
 
     def set_n_threads(self, n_threads: int) -> None:
@@ -238,5 +326,7 @@ class Backend:
 
     def __repr__(self) -> str:
         state = 'closed' if self._handle is None else self.description()
+        if self.kind == 'rpc':
+            return f'Backend({self.name!r}, timeout={self.timeout:g}: {state})'
         threads = f', n_threads={self.n_threads}' if self.kind in _THREADED else ''
         return f'Backend({self.name!r}{threads}: {state})'

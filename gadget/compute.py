@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from . import rpc
 from .arrays import FRAMEWORKS, get_tensor_data, set_tensor_data
 from .backends import Backend, backends
-from .errors import ClosedError, GadgetError
+from .errors import ClosedError, GadgetError, RemoteError
 from .ggml import describe_tensor, ffi, lib
 from . import ggml as G
 from .types import TypeLike, as_ggml_type
@@ -73,14 +74,32 @@ class HostRegion:
 
 
 class _Handles:
-    """The C handles of one GgmlCompute; freed once, in dependency order, by close or finaliser."""
+    """The C handles of one GgmlCompute; freed once, in dependency order, by close or finaliser.
+
+    Where some live on RPC servers (``endpoints``), they are freed on gadget's RPC worker; after a
+    server failed (``broken``) they are left as they are: freeing them would talk to the dead
+    server (see :mod:`gadget.rpc`)."""
 
     def __init__(self) -> None:
         self.gallocr = None
         self.sched = None
         self.ctx_graph = None
         self.buffers: list[Any] = []
-        self.ctx_tensors = None
+        self.ctx_tensors: list[Any] = []
+        self.endpoints: list[str] = []
+        self.timeout = rpc.TIMEOUT
+        self.broken: str | None = None
+
+    def release(self) -> None:
+        if self.broken is not None:
+            return
+        if not self.endpoints:
+            self.free()
+            return
+        try:
+            rpc.call(self.free, endpoints=self.endpoints, timeout=self.timeout, what='freeing')
+        except RemoteError:
+            pass          # the server went away: nothing left there to free
 
     def free_graph(self) -> None:
         if self.ctx_graph is not None:
@@ -95,12 +114,38 @@ class _Handles:
         if self.gallocr is not None:
             lib.ggml_gallocr_free(self.gallocr)
             self.gallocr = None
-        for buf in self.buffers:
+        buffers, self.buffers = self.buffers, []
+        for buf in buffers:
             lib.ggml_backend_buffer_free(buf)
-        self.buffers = []
-        if self.ctx_tensors is not None:
-            lib.ggml_free(self.ctx_tensors)
-            self.ctx_tensors = None
+        contexts, self.ctx_tensors = self.ctx_tensors, []
+        for ctx in contexts:
+            lib.ggml_free(ctx)
+
+
+def _alloc_tensors(ctx: Any, backend: Any) -> Any:
+    """Every tensor of ``ctx`` without memory in one new buffer of ``backend``, zeroed."""
+    buffer = lib.ggml_backend_alloc_ctx_tensors(ctx, backend)
+    if buffer != ffi.NULL:
+        lib.ggml_backend_buffer_clear(buffer, 0)
+        lib.ggml_backend_buffer_set_usage(buffer, lib.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+    return buffer
+
+
+def _set(tensor: Any, array: Any, label: str, ndim: int, offset: int | None) -> None:
+    set_tensor_data(tensor, array, label=label, ndim=ndim, offset=offset)
+
+
+def _sched_plan(sched: Any, plan: Any, graph: Any) -> bool:
+    """Plan the scheduler's buffers for ``plan`` (``graph`` or its twin), then allocate ``graph``."""
+    lib.ggml_backend_sched_reset(sched)
+    if not lib.ggml_backend_sched_reserve(sched, plan):
+        return False
+    lib.ggml_backend_sched_reset(sched)
+    return bool(lib.ggml_backend_sched_alloc_graph(sched, graph))
+
+
+def _gallocr_plan(gallocr: Any, graph: Any) -> bool:
+    return bool(G.ggml_gallocr_reserve(gallocr, graph)) and bool(G.ggml_gallocr_alloc_graph(gallocr, graph))
 
 
 class GgmlCompute:
@@ -112,7 +157,13 @@ class GgmlCompute:
             ``{'weight': ('F32', (256, 32))}`` for a numpy ``(32, 256)`` array.
         model: ``model(ctx, params, tensors) -> output tensor`` (or a tuple of them), building the
             graph with ``gadget.ggml`` ops in ``ctx``. May be given later to :meth:`create_graph`.
-        backend: ``'cpu'`` (default), ``'cuda'`` or ``'cuda:N'``, or a :class:`Backend`.
+        backend: ``'cpu'`` (default), ``'cuda'``, ``'cuda:N'`` or ``'rpc://host:port'``, or a
+            :class:`Backend`; or a list of them (e.g. ``['rpc://10.0.0.2:50052',
+            'rpc://10.0.0.3:50052']``): the tensors ``placement`` names live on those backends, the
+            rest (inputs, and weights placed nowhere) on the CPU (added last if the list has none),
+            and GGML's scheduler runs each op where its weights are and moves the activations
+            between them. A list of one is that backend alone.
+        placement: with a list of backends, ``tensor name -> index`` into that list.
         framework: ``'numpy'`` or ``'torch'``: what outputs are returned as.
         n_threads: CPU threads (default: the cores available to this process).
         graph_size: maximum number of nodes in the graph.
@@ -138,7 +189,7 @@ class GgmlCompute:
                  n_threads: int | None = None, graph_size: int = DEFAULT_GRAPH_SIZE,
                  keep: Iterable[str] = (), mapped: HostRegion | None = None,
                  offload: Sequence[str | Backend] = (), scheduler: bool | None = None,
-                 blas: bool | None = None):
+                 blas: bool | None = None, placement: Mapping[str, int] | None = None):
         if framework not in FRAMEWORKS:
             raise ValueError(f'framework must be one of {FRAMEWORKS}, got {framework!r}')
         self.params = dict(params)
@@ -146,22 +197,39 @@ class GgmlCompute:
         self.graph_size = graph_size
         self.keep = set(keep)
         self._handles = _Handles()
-        self._finalizer = weakref.finalize(self, self._handles.free)
+        self._finalizer = weakref.finalize(self, self._handles.release)
         #: Held for the whole of every call that touches the graph or the tensors, and by close():
         #: calls from several threads are serialised, and close() waits for a running compute.
         self.lock = threading.RLock()
         self._closed = False
-        self._owns_backend = not isinstance(backend, Backend)
-        self.backend: Backend
-        if isinstance(backend, Backend):
-            self.backend = backend
-            if n_threads is not None:
-                self.backend.set_n_threads(n_threads)
-        else:
-            self.backend = Backend(backend, n_threads)
         #: The backends the scheduler may offload ops to, before ``backend`` (owned if made here).
         self.offload: list[Backend] = []
         self._owned_offload: list[Backend] = []
+        #: With a list of backends: that list, in its order (``placement`` indexes it); else empty.
+        self.placed: list[Backend] = []
+        self._placement: dict[str, int] = {}
+        listed = list(backend) if isinstance(backend, (list, tuple)) else None
+        if listed is not None and len(listed) == 1:
+            backend, listed = listed[0], None
+        if listed is None and placement:
+            raise ValueError('placement= needs a list of backends (backend=[...])')
+        self._owns_backend = listed is not None or not isinstance(backend, Backend)
+        self.backend: Backend
+        try:
+            if listed is not None:
+                self._place_backends(listed, n_threads, placement or {}, set(tensors))
+            elif isinstance(backend, Backend):
+                self.backend = backend
+                if n_threads is not None:
+                    self.backend.set_n_threads(n_threads)
+            else:
+                self.backend = Backend(backend, n_threads)
+        except BaseException:
+            self.close()
+            raise
+        used = [*self.placed, self.backend]
+        self._handles.endpoints = [b.endpoint for b in used if b.endpoint is not None]
+        self._handles.timeout = max([b.timeout for b in used if b.remote], default=rpc.TIMEOUT)
         self.tensors = TensorDict()
         self._ndim: dict[str, int] = {}
         self._nbytes: dict[str, int] = {}
@@ -180,7 +248,9 @@ class GgmlCompute:
                 raise ValueError(f'blas must be True, False or None (on where the build has it), '
                                  f'got {blas!r}')
             if blas is None:
-                blas = self.backend.kind == 'cpu' and 'blas' in backends()
+                blas = self.backend.kind == 'cpu' and not self.placed and 'blas' in backends()
+            if self.placed:
+                offload = [b for b in self.placed if b is not self.backend] + offload
             if blas and 'blas' not in [b if isinstance(b, str) else b.name for b in offload]:
                 offload.append('blas')
             self._create_scheduler(offload, n_threads, scheduler)
@@ -189,6 +259,62 @@ class GgmlCompute:
                 self.create_graph(model)
         except BaseException:
             self.close()
+            raise
+
+    # --- several backends ------------------------------------------------------------------------
+
+    def _place_backends(self, listed: list[str | Backend], n_threads: int | None,
+                        placement: Mapping[str, int], names: set[str]) -> None:
+        made: list[Backend] = []
+        try:
+            for item in listed:
+                b = item if isinstance(item, Backend) else Backend(item, n_threads)
+                if b is not item:
+                    made.append(b)
+                self.placed.append(b)
+        except BaseException:
+            for b in made:
+                b.close()
+            raise
+        kinds = [b.name for b in self.placed]
+        cpus = [b for b in self.placed if b.kind == 'cpu']
+        self._owned_offload = [b for b in made if b.kind != 'cpu']
+        if cpus:
+            self.backend = cpus[0]
+            self._owns_backend = cpus[0] in made
+        else:
+            self.backend = Backend('cpu', n_threads)
+        if len(set(id(b) for b in self.placed)) != len(self.placed) or len(set(kinds)) != len(kinds):
+            raise ValueError(f'backend=[...] lists each backend once, got {kinds}')
+        if 'blas' in kinds:
+            raise ValueError('backend=[...]: BLAS holds no tensors; pass blas=True to offload matrix '
+                             'products to it')
+        for name, index in placement.items():
+            if name not in names:
+                raise KeyError(f'placement names tensor {name!r}, which is not declared')
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.placed):
+                raise ValueError(f'placement of {name!r}: {index!r} is not an index into backend '
+                                 f'{kinds} (0 to {len(self.placed) - 1})')
+        self._placement = dict(placement)
+
+    @property
+    def remote(self) -> bool:
+        """Whether some of this compute's backends are RPC servers."""
+        return bool(self._handles.endpoints)
+
+    def _c(self, fn: Callable[..., Any], *args: Any, what: str = 'the call') -> Any:
+        """``fn(*args)``, which may talk to this compute's RPC servers: on gadget's RPC worker (a
+        server gone or silent raises RemoteError, and this compute is unusable from then on)."""
+        h = self._handles
+        if not h.endpoints:
+            return fn(*args)
+        if h.broken is not None:
+            raise RemoteError(f'{type(self).__name__} is unusable since an RPC server failed ({h.broken}): '
+                              'close it and make a new one')
+        try:
+            return rpc.call(fn, *args, endpoints=h.endpoints, timeout=h.timeout, what=what)
+        except RemoteError as exc:
+            h.broken = str(exc)
             raise
 
     # --- the scheduler --------------------------------------------------------------------------
@@ -255,6 +381,11 @@ class GgmlCompute:
         return False
 
     def _graph_compute(self, graph: Any) -> int:
+        if self._handles.endpoints:
+            return self._c(self._graph_compute_here, graph, what='a graph compute')
+        return self._graph_compute_here(graph)
+
+    def _graph_compute_here(self, graph: Any) -> int:
         if not self._graph_on_sched:
             with self.backend.lock:
                 return lib.ggml_backend_graph_compute(self.backend.handle, graph)
@@ -287,7 +418,13 @@ class GgmlCompute:
     def _create_tensors(self, specs: Mapping[str, tuple[TypeLike, Sequence[int]]],
                         mapped: HostRegion | None) -> None:
         h = self._handles
-        h.ctx_tensors = _new_context(len(specs))
+        # One context of tensors per backend that holds some (placement), the main backend first.
+        homes = [self.backend] + [b for b in self.placed if b is not self.backend]
+        home_of = {name: self.placed[i] for name, i in self._placement.items()}
+        contexts = {}
+        for b in homes:
+            contexts[id(b)] = _new_context(len(specs))
+            h.ctx_tensors.append(contexts[id(b)])
         for name, spec in specs.items():
             try:
                 ttype, shape = spec
@@ -298,11 +435,15 @@ class GgmlCompute:
             if not 1 <= len(shape) <= lib.GGML_MAX_DIMS or any(d < 0 for d in shape):
                 raise ValueError(f'tensor {name!r}: shape {list(shape)} (ggml order) must have 1 to '
                                  f'{lib.GGML_MAX_DIMS} non-negative dimensions')
-            t = G.ggml_new_tensor(h.ctx_tensors, ttype, len(shape), ffi.new('int64_t[]', shape), name=name)
+            ctx = contexts[id(home_of.get(name, self.backend))]
+            t = G.ggml_new_tensor(ctx, ttype, len(shape), ffi.new('int64_t[]', shape), name=name)
             self.tensors[name] = t
             self._ndim[name] = len(shape)
             self._nbytes[name] = lib.ggml_nbytes(t)
         # Tensors mapped from a file on a host backend point into the mapping: no copy at all.
+        if mapped is not None and any(home_of.get(n, self.backend) is not self.backend
+                                      for n in mapped.tensors):
+            raise ValueError('mapped= tensors must live on the main (host) backend')
         if mapped is not None and mapped.tensors:
             buffer = lib.ggml_backend_cpu_buffer_from_ptr(mapped.base, mapped.size)
             if buffer == ffi.NULL:
@@ -313,13 +454,14 @@ class GgmlCompute:
                 status = lib.ggml_backend_tensor_alloc(buffer, t, address)
                 if status != lib.GGML_STATUS_SUCCESS:
                     raise GadgetError(f'could not place tensor {tname!r} in the mapped file ({status})')
-        if any(t.data == ffi.NULL for t in self.tensors.values()):
-            buffer = lib.ggml_backend_alloc_ctx_tensors(h.ctx_tensors, self.backend.handle)
-            if buffer == ffi.NULL:
-                raise MemoryError(f'could not allocate the tensors on backend {self.backend.name!r}')
-            lib.ggml_backend_buffer_clear(buffer, 0)
-            lib.ggml_backend_buffer_set_usage(buffer, lib.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
-            h.buffers.append(buffer)
+        for b in homes:
+            if any(t.data == ffi.NULL for name, t in self.tensors.items()
+                   if home_of.get(name, self.backend) is b):
+                buffer = self._c(_alloc_tensors, contexts[id(b)], b.handle,
+                                 what=f'allocating tensors on {b.name}')
+                if buffer == ffi.NULL:
+                    raise MemoryError(f'could not allocate the tensors on backend {b.name!r}')
+                h.buffers.append(buffer)
 
     def _tensor(self, name: str) -> Any:
         return self.tensors[name]
@@ -332,8 +474,8 @@ class GgmlCompute:
         """
         self._check_open()
         with self.lock:
-            set_tensor_data(self._tensor(name), array, label=f'tensor {name!r}', ndim=self._ndim[name],
-                            offset=offset)
+            self._c(_set, self._tensor(name), array, f'tensor {name!r}', self._ndim[name], offset,
+                    what=f'setting tensor {name!r}')
 
     @property
     def closed(self) -> bool:
@@ -354,7 +496,7 @@ class GgmlCompute:
         nbytes = array.nbytes
         if nbytes > self._nbytes[name]:
             raise ValueError(f'tensor {name!r}: {nbytes} bytes do not fit in its {self._nbytes[name]}')
-        lib.ggml_backend_tensor_set(tensor, ffi.from_buffer(array), 0, nbytes)
+        self._c(lib.ggml_backend_tensor_set, tensor, ffi.from_buffer(array), 0, nbytes)
 
     def run(self) -> None:
         """Compute the graph and leave the outputs in the backend (read them with :meth:`read`)."""
@@ -373,15 +515,15 @@ class GgmlCompute:
         tensor = self.outputs[index]
         if out.nbytes > lib.ggml_nbytes(tensor):
             raise ValueError(f'output {index}: {out.nbytes} bytes asked of its {lib.ggml_nbytes(tensor)}')
-        lib.ggml_backend_tensor_get(tensor, ffi.from_buffer(out), 0, out.nbytes)
+        self._c(lib.ggml_backend_tensor_get, tensor, ffi.from_buffer(out), 0, out.nbytes,
+                what='reading the output')
         return out
 
     def get_input(self, name: str) -> Any:
         """Tensor ``name`` as an array in numpy order (quantized tensors dequantized to float32)."""
         self._check_open()
         with self.lock:
-            return get_tensor_data(self._tensor(name), self.framework, ndim=self._ndim[name],
-                                   label=f'tensor {name!r}', device=self._torch_device)
+            return self._get(self._tensor(name), ndim=self._ndim[name], label=f'tensor {name!r}')
 
     # --- graph --------------------------------------------------------------------------------
 
@@ -399,34 +541,33 @@ class GgmlCompute:
             raise ValueError('no model function: pass model= to GgmlCompute or to create_graph')
         self.destroy_graph()
         h = self._handles
-        h.ctx_graph = _new_context(self.graph_size, lib.ggml_graph_overhead_custom(self.graph_size, False))
-        result = self._build(h.ctx_graph)
-        outputs = result if isinstance(result, (tuple, list)) else (result,)
-        for out in outputs:
-            if not isinstance(out, ffi.CData) or ffi.typeof(out) is not ffi.typeof('struct ggml_tensor *') \
-                    or out == ffi.NULL:
-                raise TypeError(f'the model function must return a ggml tensor (or a tuple of them), '
-                                f'got {out!r}')
-        self.outputs = tuple(outputs)
-        self.graph = G.ggml_new_graph_custom(h.ctx_graph, self.graph_size, False)
-        for out in self.outputs:
-            lib.ggml_set_output(out)
-            G.ggml_build_forward_expand(self.graph, out)
-        for name in self.keep:
-            node = lib.ggml_graph_get_tensor(self.graph, name.encode())
-            if node == ffi.NULL:
-                raise KeyError(f'keep: no node named {name!r} in the graph; named nodes: '
-                               f'{", ".join(self.named_nodes()) or "(none)"}')
-            lib.ggml_set_output(node)
+        h.ctx_graph = self._new_graph_context()
+        self.graph, self.outputs = self._build_graph(h.ctx_graph)
         self._graph_on_sched = h.sched is not None and self._offloads_some_node(self.graph)
         if self._graph_on_sched:
             # The scheduler assigns each node a backend, splits the graph where that changes and
             # allocates the activations (its buffers grow when a new graph needs more).
             # Plan anew (reserve) for every new graph, for the reason below: the scheduler's allocator
-            # too would keep the old plan for a graph of the same size.
-            lib.ggml_backend_sched_reset(h.sched)
-            if not lib.ggml_backend_sched_reserve(h.sched, self.graph) or \
-                    not lib.ggml_backend_sched_alloc_graph(h.sched, self.graph):
+            # too would keep the old plan for a graph of the same size. Planning splits the graph and
+            # points each node that reads a tensor of another backend, one the node's backend cannot
+            # read (not host memory), at the scheduler's copy of it, so the graph it plans cannot be
+            # split again by the allocation: plan on a twin of the graph then, built the same way.
+            twin_ctx = None
+            try:
+                if any(not b.is_host for b in self.offload):
+                    twin_ctx = self._new_graph_context()
+                    saved, h.ctx_graph = h.ctx_graph, twin_ctx     # what ctx_graph gives the model
+                    try:
+                        plan, _ = self._build_graph(twin_ctx)
+                    finally:
+                        h.ctx_graph = saved
+                else:
+                    plan = self.graph
+                ok = self._c(_sched_plan, h.sched, plan, self.graph, what='allocating the graph')
+            finally:
+                if twin_ctx is not None:
+                    lib.ggml_free(twin_ctx)
+            if not ok:
                 raise MemoryError(f'could not allocate the graph over {[b.name for b in self.offload]} '
                                   f'and {self.backend.name!r}')
             return
@@ -435,9 +576,34 @@ class GgmlCompute:
         # Plan anew for every new graph: the allocator would otherwise reuse the previous plan for a
         # graph of the same size, even where the set of kept (output) nodes has changed. The buffer
         # only grows when the new plan needs more than it has.
-        if not G.ggml_gallocr_reserve(h.gallocr, self.graph) or \
-                not G.ggml_gallocr_alloc_graph(h.gallocr, self.graph):
+        if not self._c(_gallocr_plan, h.gallocr, self.graph, what='allocating the graph'):
             raise MemoryError(f'could not allocate the graph on backend {self.backend.name!r}')
+
+    def _new_graph_context(self) -> Any:
+        return _new_context(self.graph_size, lib.ggml_graph_overhead_custom(self.graph_size, False))
+
+    def _build_graph(self, ctx: Any) -> tuple[Any, tuple[Any, ...]]:
+        """The model's graph in ``ctx``, its outputs and kept nodes marked: (graph, outputs)."""
+        result = self._build(ctx)
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for out in outputs:
+            if not isinstance(out, ffi.CData) or ffi.typeof(out) is not ffi.typeof('struct ggml_tensor *') \
+                    or out == ffi.NULL:
+                raise TypeError(f'the model function must return a ggml tensor (or a tuple of them), '
+                                f'got {out!r}')
+        graph = G.ggml_new_graph_custom(ctx, self.graph_size, False)
+        for out in outputs:
+            lib.ggml_set_output(out)
+            G.ggml_build_forward_expand(graph, out)
+        for name in self.keep:
+            node = lib.ggml_graph_get_tensor(graph, name.encode())
+            if node == ffi.NULL:
+                names = [ffi.string(lib.ggml_graph_node(graph, i).name).decode()
+                         for i in range(lib.ggml_graph_n_nodes(graph))]
+                raise KeyError(f'keep: no node named {name!r} in the graph; named nodes: '
+                               f'{", ".join(n for n in names if n) or "(none)"}')
+            lib.ggml_set_output(node)
+        return graph, tuple(outputs)
 
     def _build(self, ctx: Any) -> Any:
         assert self.model is not None, 'create_graph refuses a missing model function'
@@ -504,8 +670,7 @@ class GgmlCompute:
             status = self._graph_compute(graph)
             if status != lib.GGML_STATUS_SUCCESS:
                 raise GadgetError(f'graph compute failed on {self.backend.name!r}: status {status}')
-            results = tuple(get_tensor_data(out, self.framework, device=self._torch_device)
-                            for out in self.outputs)
+            results = tuple(self._get(out) for out in self.outputs)
         return results[0] if len(results) == 1 else results
 
     def __call__(self, **values: Any) -> Any:
@@ -525,7 +690,7 @@ class GgmlCompute:
         if index not in (-1, n - 1) and not node.flags & lib.GGML_TENSOR_FLAG_OUTPUT:
             raise ValueError(f'node {index} ({ffi.string(node.name).decode() or "unnamed"}) is an '
                              'intermediate whose memory is reused; name it and use get_named_node')
-        return get_tensor_data(node, self.framework, device=self._torch_device)
+        return self._get(node)
 
     def get_named_node(self, name: str) -> Any:
         """The node named ``name`` as an array. An intermediate node not kept yet is marked to be
@@ -540,7 +705,11 @@ class GgmlCompute:
             self.create_graph()
             self.compute()
             node = lib.ggml_graph_get_tensor(self.graph, name.encode())
-        return get_tensor_data(node, self.framework, device=self._torch_device)
+        return self._get(node)
+
+    def _get(self, tensor: Any, ndim: int | None = None, label: str = 'tensor') -> Any:
+        return self._c(get_tensor_data, tensor, self.framework, ndim, label, self._torch_device,
+                       what=f'reading {label}')
 
     # --- settings, lifetime, display ------------------------------------------------------------
 

@@ -31,6 +31,11 @@ class BackendError(GadgetError, RuntimeError):
     """A backend is unknown, not built in, or failed to initialise."""
 
 
+class RemoteError(BackendError):
+    """A GGML RPC server is unreachable, speaks another protocol version, went away during a call
+    or did not answer in time."""
+
+
 class ModelFileError(GadgetError, ValueError):
     """A model file does not fit the model: a weight missing, a shape or a hyper-parameter wrong, an
     architecture no model class implements."""

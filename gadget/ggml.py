@@ -205,7 +205,7 @@ def _export() -> None:
     g = globals()
     __all__.extend(API['functions'])   # the wrappers themselves are made on first use (__getattr__)
     for name in dir(lib):
-        if name.isupper() and (name.startswith('GGML_') or name.startswith('GGUF_')):
+        if name.isupper() and name.startswith(('GGML_', 'GGUF_', 'RPC_')):
             value = getattr(lib, name)
             if isinstance(value, int):
                 g[name] = value

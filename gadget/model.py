@@ -36,7 +36,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -319,7 +319,10 @@ class GgmlModel(GgmlCompute):
         backend, framework, n_threads: as for :class:`~gadget.compute.GgmlCompute`.
         values: ``name -> array`` (numpy order), consulted for tensors declared "as stored".
         compute_kwargs: the other :class:`~gadget.compute.GgmlCompute` arguments (``graph_size``,
-            ``keep``, ``mapped``).
+            ``keep``, ``mapped``, ...), and ``layer_split``: with a list of backends
+            (``backend=['rpc://a:50052', 'rpc://b:50052']``), each one's share of the layers
+            (default: even), consecutive layers together; each layer's weights and buffers (its
+            KV cache) live on its backend, the other tensors on the CPU.
     """
 
     _decl: _Declarations
@@ -350,6 +353,13 @@ class GgmlModel(GgmlCompute):
             state_values[name] = value
         self.state = _StateDict(self, state_values)
         self.gguf = gguf
+        layer_split = compute_kwargs.pop('layer_split', None)
+        if isinstance(backend, (list, tuple)) and len(backend) > 1 and 'placement' not in compute_kwargs:
+            compute_kwargs['placement'] = _layer_placement(type(self), resolved, specs, len(backend),
+                                                           layer_split)
+        elif layer_split is not None:
+            raise ValueError(f'layer_split={layer_split!r} needs a list of backends to split over '
+                             '(backend=[...])')
         super().__init__(resolved, specs, model=None, backend=backend, framework=framework,
                          n_threads=n_threads, **compute_kwargs)
 
@@ -361,7 +371,7 @@ class GgmlModel(GgmlCompute):
         states = {k: kwargs.pop(k) for k in list(kwargs) if k in decl.states}
         compute = {k: kwargs.pop(k) for k in list(kwargs)
                    if k in ('backend', 'framework', 'n_threads', 'graph_size', 'keep', 'offload',
-                            'scheduler', 'blas')}
+                            'scheduler', 'blas', 'layer_split', 'placement')}
         return kwargs, states, compute
 
     @classmethod
@@ -561,6 +571,37 @@ def _mappable(cls: type[GgmlModel], gguf: GgufFile, params: dict[str, Any], spec
         if record.type == ttype and tuple(record.shape) == shape and start % 32 == 0:
             mapped.tensors[name] = base + start
     return mapped if mapped.tensors else None
+
+
+def _layer_placement(cls: type[GgmlModel], params: Mapping[str, Any], specs: Mapping[str, Any],
+                     n_backends: int, fractions: Sequence[float] | None) -> dict[str, int]:
+    """``tensor name -> backend index`` for a model split over ``n_backends`` backends: the
+    tensors of layer ``i`` (declared with ``repeat``) go to one backend, consecutive layers to
+    the same one, each backend's share of the layers as in ``fractions`` (default: even). Tensors
+    of no layer (embeddings, the head, the inputs) are placed nowhere: they stay on the CPU."""
+    if fractions is None:
+        fractions = [1.0] * n_backends
+    try:
+        shares = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise ValueError(f'layer_split must be a list of {n_backends} numbers, got {fractions!r}') from None
+    if len(shares) != n_backends or any(not math.isfinite(f) or f < 0 for f in shares) or sum(shares) <= 0:
+        raise ValueError(f'layer_split must give {n_backends} non-negative fractions (one per backend, not '
+                         f'all zero), got {list(fractions)!r}')
+    total = sum(shares)
+    placement = {}
+    for attr, t in cls._decl.tensors.items():
+        if t.repeat is None:
+            continue
+        n_layers = int(params[t.repeat])
+        ends, acc = [], 0.0
+        for f in shares:
+            acc += f / total
+            ends.append(round(acc * n_layers))
+        for i, name in enumerate(t.names(attr, params)):
+            if name in specs:
+                placement[name] = next(k for k, end in enumerate(ends) if i < end or k == n_backends - 1)
+    return placement
 
 
 def _file_value(gguf: GgufFile, name: str, wanted: int) -> Any:
