@@ -302,6 +302,14 @@ class GgmlCompute:
         """Whether some of this compute's backends are RPC servers."""
         return bool(self._handles.endpoints)
 
+    @property
+    def custom_ops(self) -> bool:
+        """Whether graphs may use gadget's own CPU ops (``ggml_map_custom_*``, which call C functions
+        of this process): the main backend is this machine's CPU, and no RPC server takes part
+        (GGML's RPC backend accepts every op, and a server cannot call this process's functions).
+        A GPU backend that does not run them leaves them to the CPU."""
+        return self.backend.kind == 'cpu' and not self.remote
+
     def _c(self, fn: Callable[..., Any], *args: Any, what: str = 'the call') -> Any:
         """``fn(*args)``, which may talk to this compute's RPC servers: on gadget's RPC worker (a
         server gone or silent raises RemoteError, and this compute is unusable from then on)."""

@@ -31,8 +31,6 @@ from gadget.model import _layer_placement
 from gadget.models import LlamaModel
 from gadget.textgen import TextGen, default_model_path
 
-from test_llama import _convert, hf_logits  # noqa: F401  (tiny models converted by gadget)
-from test_convert import byte_level_tokenizer
 
 PROMPTS = ['The capital of France is', 'def fibonacci(n):', 'Once upon a time in a small village,',
            'Photosynthesis is the process']
@@ -82,7 +80,14 @@ def pair_of_servers():
 
 @pytest.fixture(scope='module')
 def tok():
+    pytest.importorskip('transformers', reason='tiny Llamas are made with transformers')
+    from test_convert import byte_level_tokenizer
     return byte_level_tokenizer()
+
+
+def _tiny_llama(tmp_path_factory, tok, name, **config):
+    from test_llama import _convert     # tiny random Llamas, converted by gadget
+    return _convert(tmp_path_factory, tok, name, **config)[1]
 
 
 def matmul(ctx, params, tensors):
@@ -109,7 +114,7 @@ def test_one_remote_backend_and_tensors_placed_on_each(pair_of_servers):
 
 
 def test_split_llama_logits_equal_the_local_cpu(pair_of_servers, tmp_path_factory, tok):
-    _, path = _convert(tmp_path_factory, tok, 'rpc_gqa', num_hidden_layers=3)
+    path = _tiny_llama(tmp_path_factory, tok, 'rpc_gqa', num_hidden_layers=3)
     ids = tok.encode('the quick brown fox jumps')
     with LlamaModel.from_path(path, kv_type='F32', context_length=64, blas=False) as local:
         want = local(ids, all_logits=True)
@@ -137,6 +142,22 @@ def test_smollm2_split_over_two_servers_generates_the_local_greedy_text(pair_of_
         assert split.generate_batch(PROMPTS, max_gen=16, temperature=0) == want_batched
 
 
+def test_embeddings_over_two_servers_equal_the_local_cpu(pair_of_servers, tmp_path):
+    pytest.importorskip('transformers', reason='the tiny BERT is made with transformers')
+    from test_bert import _tiny_bert
+
+    from gadget.convert import convert_bert
+    from gadget.embed import EmbedNumpy
+    _tiny_bert(tmp_path / 'tiny')
+    path = convert_bert(tmp_path / 'tiny', tmp_path / 'tiny.gguf', outtype='F32', progress=False)
+    texts = ['the cat sat on the mat.', 'dogs!', 'the cat, the dog, the mat?' * 3]
+    for pooling in ('none', 'mean'):
+        with EmbedNumpy(path, blas=False, pooling=pooling) as local, \
+                EmbedNumpy(path, backend=pair_of_servers, pooling=pooling) as split:
+            for got, want in zip(split.embed(texts), local.embed(texts)):
+                assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5, pooling
+
+
 def test_layer_placement_follows_the_fractions():
     class Stub:
         class _decl:
@@ -156,7 +177,7 @@ def test_layer_placement_follows_the_fractions():
 
 
 def test_split_arguments_are_checked(pair_of_servers, tmp_path_factory, tok):
-    _, path = _convert(tmp_path_factory, tok, 'rpc_args', num_hidden_layers=2)
+    path = _tiny_llama(tmp_path_factory, tok, 'rpc_args', num_hidden_layers=2)
     with pytest.raises(ValueError, match='needs a list of backends'):
         LlamaModel.from_path(path, layer_split=[1, 1])
     with pytest.raises(ValueError, match='2 non-negative fractions'):

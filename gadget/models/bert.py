@@ -84,7 +84,7 @@ class BertModel(SequenceEncoder):
         n_tokens = n_len * n_seq
         tokens = self.call_inputs()                                              # (n_tokens,)
         # exact GELU: gadget's vectorized kernel on the CPU, GGML's own elsewhere
-        gelu = G.gadget_gelu_erf if self.backend.kind == 'cpu' else G.ggml_gelu_erf
+        gelu = G.gadget_gelu_erf if self.custom_ops else G.ggml_gelu_erf
 
         x = G.ggml_get_rows(ctx, T['token_embd.weight'], tokens)                # (n_embd, n_tokens)
         positions = G.ggml_view_2d(ctx, T['position_embd.weight'], n_embd, n_len,

@@ -77,7 +77,7 @@ class SequenceEncoder(GgmlModel):
 
     def short(self, n_len: int) -> bool:
         """Whether sequences padded to ``n_len`` run gadget's attention kernel (see the module)."""
-        return n_len < SHORT and self.backend.kind == 'cpu'
+        return n_len < SHORT and self.custom_ops
 
     def attention(self, q: Any, k: Any, v: Any, name: str) -> Any:
         """Attention of each sequence's queries over its own real keys and values, scale
@@ -112,7 +112,9 @@ class SequenceEncoder(GgmlModel):
             n_len = int(n_tokens[order[start]])
             count = max(1, min(p['max_sequences'], p['batch_size'] // n_len, len(order) - start))
             members = n_tokens[order[start:start + count]]
-            apart = np.flatnonzero((members * 2 < n_len) | (self.short(int(n_len)) != (members < SHORT)))
+            # (the group's first member is never apart from itself, so every group has one)
+            shorts = (members < SHORT) & self.short(1)
+            apart = np.flatnonzero((members * 2 < n_len) | (shorts != self.short(n_len)))
             count = int(apart[0]) if apart.size else count
             groups.append(order[start:start + count])
             start += count
