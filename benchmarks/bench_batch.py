@@ -5,7 +5,12 @@ SmolLM2-135M Q4_1 by default, greedy, ``--gen`` tokens per sequence after its pr
 attention on (the configuration in which batched decoding is bit for bit one by one). Each
 configuration is measured ``--repeats`` times, alternating batched and one by one; medians.
 
+With ``--weight-type`` (``BF16``, ``Q8_0``, ...) the model's matrices are converted when loaded.
+Where llama-cpp-python is installed, the same prompts one by one with it are measured too (it has
+no batched generation), with the same greedy decode loop and flash attention.
+
 Usage: python benchmarks/bench_batch.py [--model FILE.gguf] [--gen 32] [--threads 2] [--repeats 3]
+           [--weight-type BF16] [--sequences 1,4,8,16]
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
@@ -45,30 +51,63 @@ def batched(model: LlamaModel, prompts: list[list[int]], gen: int) -> float:
     return len(prompts) * gen / (time.perf_counter() - start)
 
 
+def llama_cpp_one_by_one(llm: Any, prompts: list[list[int]], gen: int) -> float:
+    """llama-cpp-python's decode tokens/s of the prompts one after another (prefill not counted)."""
+    spent = 0.0
+    for ids in prompts:
+        llm.reset()
+        llm.eval(ids)
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        start = time.perf_counter()
+        for _ in range(gen):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        spent += time.perf_counter() - start
+    return len(prompts) * gen / spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--model', default=None)
     parser.add_argument('--gen', type=int, default=32)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--weight-type', default=None)
+    parser.add_argument('--sequences', default='1,4,8,16')
     args = parser.parse_args()
+    counts = [int(n) for n in args.sequences.split(',')]
     path = str(args.model or default_model_path())
     words = load_tokenizer(path).encode(TEXT)
     # prompts of different lengths (8 to 38 tokens), from different places of the text
     prompts = [words[7 * i:7 * i + 8 + (i * 5) % 31] for i in range(16)]
     print(f'{path.rsplit("/", 1)[-1]}, {args.threads} threads, {args.gen} greedy tokens per sequence, '
           f'flash attention, median of {args.repeats}\n')
-    print('| sequences | one by one, tok/s | batched, tok/s | batched / one by one |')
-    print('|---|---|---|---|')
-    with LlamaModel.from_path(path, n_threads=args.threads, context_length=2048, flash_attn=True) as model:
-        for n in (1, 4, 8, 16):
-            rates: dict[str, list[float]] = {'alone': [], 'batch': []}
+    try:
+        import llama_cpp
+        llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=args.threads, verbose=False,
+                              flash_attn=True, logits_all=True)
+    except ImportError:
+        llm = None
+    weights = f', weights {args.weight_type}' if args.weight_type else ''
+    print(f'gadget{weights}; llama-cpp-python {"(as stored)" if llm else "not installed"}\n')
+    peer = ' llama-cpp-python one by one, tok/s | batched / llama-cpp-python |' if llm else ''
+    print(f'| sequences | one by one, tok/s | batched, tok/s | batched / one by one |{peer}')
+    print('|---|---|---|---|' + ('---|---|' if llm else ''))
+    with LlamaModel.from_path(path, n_threads=args.threads, context_length=2048, flash_attn=True,
+                              weight_type=args.weight_type) as model:
+        for n in counts:
+            rates: dict[str, list[float]] = {'alone': [], 'batch': [], 'peer': []}
             for _ in range(args.repeats):
                 rates['alone'].append(one_by_one(model, prompts[:n], args.gen))
                 rates['batch'].append(batched(model, prompts[:n], args.gen))
+                if llm is not None:
+                    rates['peer'].append(llama_cpp_one_by_one(llm, prompts[:n], args.gen))
             a, b = statistics.median(rates['alone']), statistics.median(rates['batch'])
-            print(f'| {n} | {a:.1f} | {b:.1f} | {b / a:.2f}× |')
-
+            row = f'| {n} | {a:.1f} | {b:.1f} | {b / a:.2f}× |'
+            if llm is not None:
+                c = statistics.median(rates['peer'])
+                row += f' {c:.1f} | {b / c:.2f}× |'
+            print(row)
 
 if __name__ == '__main__':
     main()

@@ -380,6 +380,8 @@ class GgmlCompute:
         (BLAS) takes a node only where it supports the op."""
         if self._sched_always or any(not b.is_host for b in self.offload):
             return True
+        if not self._host_offload():
+            return False
         for i in range(lib.ggml_graph_n_nodes(graph)):
             node = lib.ggml_graph_node(graph, i)
             if node.op in _LAYOUT_OPS:
@@ -387,6 +389,11 @@ class GgmlCompute:
             if any(lib.ggml_backend_supports_op(b.handle, node) for b in self.offload):
                 return True
         return False
+
+    def _host_offload(self) -> bool:
+        """Whether the graph being built may offload nodes to host backends (BLAS); a subclass
+        says no for graphs whose rows must each be computed as a row alone would be."""
+        return True
 
     def _graph_compute(self, graph: Any) -> int:
         if self._handles.endpoints:

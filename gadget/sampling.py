@@ -23,10 +23,13 @@ import numpy as np
 __all__ = ['SamplingParams', 'Sampler', 'softmax']
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """The softmax of ``logits`` in float64 (shifted by the maximum, so it never overflows)."""
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The softmax of ``logits / temperature`` in float64, shifted by the maximum before dividing,
+    so that neither overflows: a temperature so small that the division does (e.g. 1e-280) gives
+    the largest logits all the probability, as temperature 0 would, instead of NaN."""
     z = logits.astype(np.float64) - np.max(logits)
-    e = np.exp(z)
+    with np.errstate(over='ignore'):
+        e = np.exp(z / temperature)
     return e / e.sum()
 
 
@@ -98,7 +101,7 @@ class Sampler:
             probs = np.zeros(logits.shape, dtype=np.float64)
             probs[int(np.argmax(logits))] = 1.0
             return probs
-        probs = softmax(logits / p.temperature)
+        probs = softmax(logits, p.temperature)
         if p.min_p > 0:
             probs[probs < p.min_p * probs.max()] = 0.0
         if p.top_k and p.top_k < probs.size:
@@ -124,7 +127,7 @@ class Sampler:
             raise ValueError('candidates() needs top_k >= 1, temperature > 0 and no repetition penalty, '
                              f'got {p}')
         logits = np.asarray(logits, dtype=np.float32)
-        probs = softmax(logits / p.temperature)
+        probs = softmax(logits, p.temperature)
         if p.min_p > 0:
             probs[probs < p.min_p * probs.max()] = 0.0
         live = np.flatnonzero(probs)       # ascending ids; zeros (min_p's, underflow) stay out

@@ -245,8 +245,9 @@ class TextGen:
         the same step. Each prompt's pieces join to its text, with :meth:`stream`'s rules; the
         reasons they ended are in ``finish_reasons`` afterwards. The batch replaces the context
         (the KV cache is shared by all prompts: their tokens must fit in ``context_length``).
-        With flash attention and a Q4_1 model each text is what the prompt gets alone, token for
-        token; otherwise up to rare near-ties (see ``LlamaModel.batch``).
+        With flash attention (the default) and weights GGML multiplies row by row (Q4_1, Q8_0) each
+        text is what the prompt gets alone, token for token; with ``flash_attn=False`` up to rare
+        near-ties (see ``LlamaModel.batch``).
         """
         requests = [_batch_request(self, i, p, max_gen, stop, kwargs) for i, p in enumerate(prompts)]
         if max_sequences is not None and (isinstance(max_sequences, bool)

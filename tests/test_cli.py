@@ -140,7 +140,7 @@ def test_graph_writes_ggml_dot(model, tmp_path):
     assert out.returncode == 0, out.stderr
     text = (tmp_path / 'g.dot').read_text()
     assert text.startswith('digraph G {') and text.rstrip().endswith('}')
-    for node in ('inp_embd', 'attn_norm0', 'attn0_kq', 'ffn0_out', 'result_output'):
+    for node in ('inp_embd', 'attn_norm0', 'attn0_fa', 'ffn0_out', 'result_output'):
         assert f'label="{node} (' in text, node
     assert 'attn_norm1' not in text and '1 layer' in out.stderr
     assert gadget('graph', model, '-o', 'g.txt', cwd=tmp_path).returncode == 1

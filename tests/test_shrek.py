@@ -296,7 +296,11 @@ def test_the_text_is_fluent(gen):
         assert _perplexity(gen, prompt, tokens) < 30, text
         # ... and it is words: mostly letters and spaces
         assert sum(c.isalpha() or c.isspace() for c in text) >= 0.85 * len(text), text
-        assert len(text.split()) >= 15, text
+        # ... and not cut short: 40 tokens of words, or a sentence ended by the model itself
+        if gen.finish_reason == 'stop':
+            assert len(text.split()) >= 8 and text.rstrip()[-1:] in '.!?"\'”’)', text
+        else:
+            assert len(tokens) == 40 and len(text.split()) >= 15, text
 
 
 @pytest.mark.parametrize('kv_type, rtol', [('F32', 1e-5), ('F16', 2e-3)])

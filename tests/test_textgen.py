@@ -193,13 +193,18 @@ def test_default_model_with_the_wrong_hash_is_refused_and_leaves_nothing(tmp_pat
 
 BATCH_PROMPTS = ['The capital of France is', 'Once upon a time, in a land far away,', 'def fibonacci(n):',
                  'The three primary colors are', 'In 1492, Columbus', 'Water boils at',
-                 'My favourite food is', 'The quick brown fox jumps over the lazy dog. The quick brown fox']
+                 'My favourite food is', 'The quick brown fox jumps over the lazy dog. The quick brown fox',
+                 # over 32 tokens: its prefill goes to BLAS, alone and in the batch alike
+                 'Here is a list of the planets of the solar system, from the closest to the Sun to the '
+                 'farthest away from it, with one fact about each of them: Mercury, the smallest,']
 
 
-@pytest.fixture(scope='module')
-def flash_gen():
-    # flash attention and BLAS off: batched decoding is then the one-by-one computation, bit for bit
-    with TextGen(flash_attn=True, blas=False, context_length=1024) as g:
+@pytest.fixture(scope='module', params=['defaults', 'no BLAS'])
+def flash_gen(request):
+    # flash attention (the default), BLAS on (the default) or off: batched decoding is then the
+    # one-by-one computation, bit for bit
+    with TextGen(context_length=1024, **({'blas': False} if request.param == 'no BLAS' else {})) as g:
+        assert g.model.params['flash_attn']
         yield g
 
 

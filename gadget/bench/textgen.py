@@ -138,10 +138,10 @@ def run_transformers(path: str, tokens: list[int], n_gen: int, threads: int) -> 
 
 def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 5, prompt: int = 256,
         gen: int = 128, progress: bool = True) -> dict[str, Any]:
-    """Measure gadget (default, ``flash_attn=True``, ``weight_type='BF16'``, and ``blas=False`` in a
-    build with BLAS) and, when installed,
-    llama-cpp-python (default and ``flash_attn=True``) and transformers, alternating for
-    ``repeats`` rounds; medians.
+    """Measure gadget (default: flash attention; ``flash_attn=False``, ``weight_type='BF16'``, and
+    ``blas=False`` in a build with BLAS) and, when installed, llama-cpp-python (default: unfused
+    attention; ``flash_attn=True``) and transformers, alternating for ``repeats`` rounds; medians.
+    Ratios: each library's default against the other's, and each attention against the same.
 
     Arguments:
         path: a Llama-architecture GGUF (default: gadget's default model, SmolLM2-135M-Instruct Q4_1).
@@ -167,19 +167,21 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
     # (name, library, flash_attn, variant, runner), variant None, 'BF16' (weight_type) or 'no BLAS'
     # (blas=False); gadget and the peers interleaved, as the table shows them.
     configs: list[tuple[str, str, bool, str | None, Callable[[], dict[str, float]]]] = []
-    for flash in (False, True):
-        mode = '`flash_attn=True`' if flash else '(default)'
+    for flash in (True, False):
+        # gadget's default is flash attention (llama.cpp's 'auto'); llama-cpp-python's is unfused
+        mode = '(default)' if flash else '`flash_attn=False`'
         configs.append((f'gadget {mode}', 'gadget', flash, None,
                         functools.partial(run_gadget, path, tokens, gen, threads, flash)))
         if peer.present:
+            mode = '`flash_attn=True`' if flash else '(default)'
             configs.append((f'llama-cpp-python {mode}', 'llama-cpp-python', flash, None,
                             functools.partial(run_llama_cpp, path, tokens, gen, threads, flash)))
-    configs.append(("gadget `weight_type='BF16'`", 'gadget', False, 'BF16',
-                    functools.partial(run_gadget, path, tokens, gen, threads, False, 'BF16')))
+    configs.append(("gadget `weight_type='BF16'`", 'gadget', True, 'BF16',
+                    functools.partial(run_gadget, path, tokens, gen, threads, True, 'BF16')))
     if 'blas' in backends():
         # the default of a BLAS build is BLAS on: the CPU backend alone as well
-        configs.append(('gadget `blas=False`', 'gadget', False, 'no BLAS',
-                        functools.partial(run_gadget, path, tokens, gen, threads, False, None, False)))
+        configs.append(('gadget `blas=False`', 'gadget', True, 'no BLAS',
+                        functools.partial(run_gadget, path, tokens, gen, threads, True, None, False)))
     if hf.present:
         configs.append(('transformers (F32)', 'transformers', False, None, functools.partial(
             in_subprocess, f'{__name__}:run_transformers',
@@ -199,15 +201,16 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
     by_key = {(row['library'], row['flash_attn'], row['variant']): row for row in rows}
     pairs = []   # (mode, gadget row, peer row)
     if peer.present:
-        pairs += [('flash_attn' if flash else 'default', by_key['gadget', flash, None],
-                   by_key['llama-cpp-python', flash, None]) for flash in (False, True)]
-        if ('gadget', False, 'no BLAS') in by_key:
-            pairs.append(('`blas=False`', by_key['gadget', False, 'no BLAS'],
-                          by_key['llama-cpp-python', False, None]))
-        pairs.append(('BF16 weights', by_key['gadget', False, 'BF16'],
-                      by_key['llama-cpp-python', False, None]))
+        llama_fa = by_key['llama-cpp-python', True, None]
+        llama_unfused = by_key['llama-cpp-python', False, None]
+        pairs += [('default', by_key['gadget', True, None], llama_unfused),
+                  ('flash_attn', by_key['gadget', True, None], llama_fa),
+                  ('unfused', by_key['gadget', False, None], llama_unfused)]
+        if ('gadget', True, 'no BLAS') in by_key:
+            pairs.append(('`blas=False`', by_key['gadget', True, 'no BLAS'], llama_fa))
+        pairs.append(('BF16 weights', by_key['gadget', True, 'BF16'], llama_fa))
     if hf.present:
-        pairs += [(mode, by_key['gadget', False, wtype], by_key['transformers', False, None])
+        pairs += [(mode, by_key['gadget', True, wtype], by_key['transformers', False, None])
                   for mode, wtype in (('default', None), ('BF16 weights', 'BF16'))]
     ratios = [{'mode': mode, 'peer': p['library'], 'prefill': g['prefill_tps'] / p['prefill_tps'],
                'decode': g['decode_tps'] / p['decode_tps'], 'load_faster': p['load_s'] / g['load_s']}

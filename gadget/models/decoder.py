@@ -35,9 +35,10 @@ class CachedDecoder(GgmlModel):
     context_length: Parameter(lambda p: min(int(p['n_ctx_train']), DEFAULT_CONTEXT), check=positive_int)
     batch_size: Parameter(lambda p: min(512, int(p['context_length'])), check=positive_int)
     kv_type: Parameter('F16', check=ggml_type_in('F16', 'F32', 'BF16'))
-    # False (default): matmul + softmax as llama.cpp (and llama-cpp-python by default) computes
-    # attention; True: GGML's fused flash attention, as llama.cpp with flash attention on.
-    flash_attn: Parameter(False, check=one_of(False, True))
+    # True (default): GGML's fused flash attention, as llama.cpp computes attention by default (its
+    # 'auto' turns it on where the backend has it) and llama-cpp-python with flash_attn=True;
+    # False: matmul + softmax over a transposed V cache, llama-cpp-python's default.
+    flash_attn: Parameter(True, check=one_of(False, True))
     mask_size: Parameter(lambda p: p['context_length'] * p['batch_size'])
     # Without flash attention the V cache is stored transposed (positions along rows), as llama.cpp
     # does, and written element by element through v_index.
@@ -59,6 +60,7 @@ class CachedDecoder(GgmlModel):
     n_tokens: State(1)
     n_window: State(KV_STEP)
     n_outputs: State(1)
+    rowwise: State(False)      # the graph of several sequences' single tokens: no BLAS offload
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -115,13 +117,19 @@ class CachedDecoder(GgmlModel):
     def _step(self, chunk: np.ndarray, n_out: int) -> np.ndarray:
         return self._run_chunk([(0, chunk)], list(range(chunk.size - n_out, chunk.size)))
 
-    def _run_chunk(self, parts: list[tuple[int, np.ndarray]], out_rows: list[int]) -> np.ndarray:
+    def _host_offload(self) -> bool:
+        return not self.state['rowwise']
+
+    def _run_chunk(self, parts: list[tuple[int, np.ndarray]], out_rows: list[int],
+                   rowwise: bool = False) -> np.ndarray:
         """One graph: the tokens of ``parts`` (``(seq, ids)``, each sequence once) after their
-        cached ones; the logits of the rows ``out_rows`` of the chunk, ``(len(out_rows), n_vocab)``."""
+        cached ones; the logits of the rows ``out_rows`` of the chunk, ``(len(out_rows), n_vocab)``.
+        ``rowwise``: every row on the CPU backend's kernels, as a row alone (no BLAS offload)."""
         plan = self.cache.plan_batch([(seq, ids.size) for seq, ids in parts])
         tokens = np.concatenate([ids for _, ids in parts])
         n, n_out = tokens.size, len(out_rows)
-        for key, value in (('n_tokens', n), ('n_window', plan.window), ('n_outputs', n_out)):
+        for key, value in (('n_tokens', n), ('n_window', plan.window), ('n_outputs', n_out),
+                           ('rowwise', rowwise)):
             if self.state[key] != value:
                 self.state[key] = value
         self.ensure_graph()
@@ -149,11 +157,14 @@ class CachedDecoder(GgmlModel):
         :class:`ContextOverflowError` before anything is computed when the tokens do not fit.
         :meth:`forget` frees a finished sequence's cells for a new prompt.
 
-        Each sequence's logits are its one-by-one logits up to rounding: GGML tiles a product of
-        several rows differently from one row. With flash attention and weights whose products GGML
-        computes row by row (e.g. Q4_1) they are bit for bit the same; with the unfused attention,
-        the 8-bit rounding of the activations can turn a last-bit difference into a visible one at
-        some steps (SmolLM2 Q4_1: 1 of 8 greedy continuations differed after a few tokens).
+        A sequence's several new tokens (a prompt) are computed in graphs of their own, as a call
+        of their own would compute them; the sequences' single new tokens (decode steps) share
+        graphs, one row each, on the CPU backend's kernels. So with flash attention (the default)
+        and weights whose products GGML computes row by row (e.g. Q4_1, Q8_0) each sequence's
+        logits are bit for bit its one-by-one logits. With the unfused attention they agree up to
+        rounding (GGML tiles the attention products of several rows differently from one row's),
+        which the 8-bit rounding of the activations can turn into a visible difference at some
+        steps (SmolLM2 Q4_1: 1 of 8 greedy continuations differed after a few tokens).
         """
         if not isinstance(sequences, Mapping):
             raise TypeError(f'batch() takes {{sequence id: tokens}}, got {type(sequences).__name__}')
@@ -168,32 +179,22 @@ class CachedDecoder(GgmlModel):
             self.cache.check_fits_batch([(seq, ids.size) for seq, ids in items])   # before computing
             batch = self.params['batch_size']
             results: dict[int, np.ndarray] = {}
-            parts: list[tuple[int, np.ndarray]] = []
-            ends: list[tuple[int, int]] = []          # (seq, row in the chunk) of sequences ending here
-            used = 0
+            # A sequence's several new tokens (a prompt) run in graphs of their own, chunked as a
+            # call of its own would chunk them: the same products, over the same number of rows,
+            # as alone. The single new tokens of the others (decode steps) share graphs, one row
+            # each, on the CPU's row-by-row kernels (never BLAS, which a row alone would not get).
+            singles = [(seq, ids) for seq, ids in items if ids.size == 1]
             for seq, ids in items:
-                start = 0
-                while start < ids.size:
-                    take = min(batch - used, ids.size - start)
-                    parts.append((seq, ids[start:start + take]))
-                    start += take
-                    used += take
-                    if start == ids.size:
-                        ends.append((seq, used - 1))
-                    if used == batch:
-                        self._finish_chunk(parts, ends, results)
-                        parts, ends, used = [], [], 0
-            if parts:
-                self._finish_chunk(parts, ends, results)
+                if ids.size > 1:
+                    for start in range(0, ids.size, batch):
+                        chunk = ids[start:start + batch]
+                        results[seq] = self._run_chunk([(seq, chunk)], [chunk.size - 1])[0]
+            for start in range(0, len(singles), batch):
+                parts = singles[start:start + batch]
+                logits = self._run_chunk(parts, list(range(len(parts))), rowwise=len(parts) > 1)
+                for i, (seq, _) in enumerate(parts):
+                    results[seq] = logits[i]
         return {seq: results[seq] for seq, _ in items}
-
-    def _finish_chunk(self, parts: list[tuple[int, np.ndarray]], ends: list[tuple[int, int]],
-                      results: dict[int, np.ndarray]) -> None:
-        # A chunk where no sequence ends still needs one output row (GGML's graph has one).
-        rows = [row for _, row in ends] or [sum(ids.size for _, ids in parts) - 1]
-        logits = self._run_chunk(parts, rows)
-        for i, (seq, _) in enumerate(ends):
-            results[seq] = logits[i]
 
     def forget(self, seq: int) -> None:
         """Drop sequence ``seq`` from the cache (its cells are free for other sequences)."""

@@ -43,10 +43,10 @@ class LlamaModel(CachedDecoder):
 
     Parameters (from the GGUF file unless given): ``context_length`` (KV cache rows; default the
     model's, capped at 4096), ``batch_size`` (tokens per graph; longer prompts are chunked; default
-    512), ``kv_type`` (``'F16'``; ``'F32'`` for exact comparisons), ``flash_attn`` (default False:
-    matmul + softmax over a transposed V cache, as llama.cpp computes attention by default and
-    llama-cpp-python's ``flash_attn=False``; True: GGML's fused flash attention, as llama.cpp with
-    flash attention on). Each gives the same greedy tokens as its llama.cpp counterpart.
+    512), ``kv_type`` (``'F16'``; ``'F32'`` for exact comparisons), ``flash_attn`` (default True:
+    GGML's fused flash attention, as llama.cpp computes attention by default and llama-cpp-python with
+    ``flash_attn=True``; False: matmul + softmax over a transposed V cache, llama-cpp-python's
+    default). Each gives the same greedy tokens as its llama.cpp counterpart.
     ``weight_type`` (None: as stored; ``'BF16'``, ``'F16'``, ``'Q8_0'`` or ``'F32'``: each layer's
     matrices converted once, when loaded; the embedding and the head stay as stored).
 
