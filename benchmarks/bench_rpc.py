@@ -25,7 +25,6 @@ import numpy as np
 
 from gadget import rpc
 from gadget.bench.textgen import TEXT
-from gadget.errors import RemoteError
 from gadget.models import LlamaModel
 from gadget.textgen import default_model_path
 from gadget.tokenizer import load_tokenizer
@@ -45,16 +44,8 @@ def start_servers(n: int, threads: int) -> tuple[list[str], list[subprocess.Pope
                                        '--threads', str(threads)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         names.append(f'rpc://127.0.0.1:{port}')
-    for name in names:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                rpc.probe(name, timeout=2)
-                break
-            except RemoteError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    for name, proc in zip(names, procs):
+        rpc.wait_for_server(name, alive=lambda: proc.poll() is None)
     return names, procs
 
 

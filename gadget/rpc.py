@@ -33,14 +33,15 @@ import queue
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from ._ffi import ffi, lib, park_handlers
 from .errors import BackendError, RemoteError
 
-__all__ = ['PROTOCOL', 'DEFAULT_PORT', 'TIMEOUT', 'parse_endpoint', 'probe', 'call', 'failed', 'serve',
-           'is_loopback']
+__all__ = ['PROTOCOL', 'DEFAULT_PORT', 'TIMEOUT', 'parse_endpoint', 'probe', 'wait_for_server', 'call',
+           'failed', 'serve', 'is_loopback']
 
 #: The RPC protocol version of this build's GGML (major, minor, patch).
 PROTOCOL = (lib.RPC_PROTO_MAJOR_VERSION, lib.RPC_PROTO_MINOR_VERSION, lib.RPC_PROTO_PATCH_VERSION)
@@ -132,6 +133,21 @@ def probe(endpoint: str, timeout: float | None = None) -> tuple[int, int, int]:
                            f'GGML speaks {_version(PROTOCOL)}: run the same gadget version (or a llama.cpp '
                            f'rpc-server of protocol {PROTOCOL[0]}.x) on both sides')
     return version
+
+
+def wait_for_server(endpoint: str, timeout: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
+    """Wait until the RPC server at ``endpoint`` answers GGML's HELLO (e.g. one just started), for
+    at most ``timeout`` seconds; ``alive()`` (e.g. ``lambda: proc.poll() is None``) False stops the
+    wait early. Raises the last :class:`~gadget.errors.RemoteError` when it never answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe(endpoint, timeout=min(2.0, timeout))
+            return
+        except RemoteError:
+            if time.monotonic() > deadline or (alive is not None and not alive()):
+                raise
+            time.sleep(0.1)
 
 
 def _version(v: Iterable[int]) -> str:

@@ -54,15 +54,11 @@ def servers(n: int, threads: int = 1):
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
             names.append(f'rpc://127.0.0.1:{port}')
         for name, proc in zip(names, procs):
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    rpc.probe(name, timeout=2)
-                    break
-                except RemoteError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f'{name} did not start: {proc.stderr.read().decode()}')
-                    time.sleep(0.1)
+            try:
+                rpc.wait_for_server(name, alive=lambda: proc.poll() is None)
+            except RemoteError:
+                proc.kill()
+                raise RuntimeError(f'{name} did not start: {proc.communicate()[1].decode()}') from None
         yield names, procs
     finally:
         for proc in procs:
@@ -363,12 +359,8 @@ def test_rpc_server_command_refuses_a_busy_port_and_warns_off_loopback():
     proc = subprocess.Popen([sys.executable, '-m', 'gadget', 'rpc-server', '--host', '0.0.0.0', '--port',
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(RemoteError):
-                assert rpc.probe(f'127.0.0.1:{port}', timeout=2) == rpc.PROTOCOL
-                break
-            time.sleep(0.1)
+        rpc.wait_for_server(f'127.0.0.1:{port}', alive=lambda: proc.poll() is None)
+        assert rpc.probe(f'127.0.0.1:{port}') == rpc.PROTOCOL
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
