@@ -396,18 +396,17 @@ class GgmlCompute:
         return True
 
     def _graph_compute(self, graph: Any) -> int:
-        if self._handles.endpoints:
-            return self._c(self._graph_compute_here, graph, what='a graph compute')
-        return self._graph_compute_here(graph)
-
-    def _graph_compute_here(self, graph: Any) -> int:
+        # The backends' locks are taken here, by the calling thread; only GGML's call itself runs
+        # on the RPC worker when a server takes part (see _c).
         if not self._graph_on_sched:
             with self.backend.lock:
-                return lib.ggml_backend_graph_compute(self.backend.handle, graph)
+                return self._c(lib.ggml_backend_graph_compute, self.backend.handle, graph,
+                               what='a graph compute')
         with contextlib.ExitStack() as held:
             for b in self._sched_backends:
                 held.enter_context(b.lock)
-            return lib.ggml_backend_sched_graph_compute(self._handles.sched, graph)
+            return self._c(lib.ggml_backend_sched_graph_compute, self._handles.sched, graph,
+                           what='a graph compute')
 
     def node_backends(self) -> dict[str, str]:
         """The backend (GGML's name: ``'CPU'``, ``'BLAS'``, ``'CUDA0'``...) each named node of the
