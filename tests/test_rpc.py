@@ -97,7 +97,7 @@ def test_one_remote_backend_and_tensors_placed_on_each(pair_of_servers):
     rng = np.random.default_rng(0)
     a, b = rng.random((8, 16), dtype=np.float32), rng.random((4, 16), dtype=np.float32)
     with GgmlCompute({}, SPECS, matmul, backend=pair_of_servers[0]) as c:
-        assert c.remote and c.backend.remote
+        assert c.remote and c.placed[0].remote and c.graph_scheduled   # through the scheduler
         np.testing.assert_allclose(c(a=a, b=b), b @ a.T, rtol=1e-6)
     # the product runs where its weight lives; its other operand, on the CPU, is copied there
     for placement in ({'a': 1}, {'a': 0, 'b': 1}, {}):
@@ -136,6 +136,8 @@ def test_smollm2_split_over_two_servers_generates_the_local_greedy_text(pair_of_
         assert [split.generate(p, max_gen=16, temperature=0) for p in PROMPTS] == want
         # several sequences in one batch, over the split model: the local batch's text
         assert split.generate_batch(PROMPTS, max_gen=16, temperature=0) == want_batched
+    with TextGen(path, context_length=256, backend=pair_of_servers[0]) as remote:      # one server
+        assert [remote.generate(p, max_gen=16, temperature=0) for p in PROMPTS] == want
 
 
 def test_embeddings_over_two_servers_equal_the_local_cpu(pair_of_servers, tmp_path):
