@@ -94,3 +94,92 @@ def test_several_sequences_are_refused_clearly():
     with pytest.raises(ContextOverflowError, match='3 new tokens of 2 sequence.* 2 free cells'):
         cache.plan_batch([(0, 2), (1, 1)])
     assert cache.n_past(0) == 3 and cache.n_past(1) == 3       # nothing changed
+
+
+class _CellsOnly(KVCache):
+    """The cache planning every call from its cell arrays (never the one-sequence shortcut)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._dense = None
+
+    def _forget_shortcut(self):
+        self._dense = None
+
+    def clear(self):
+        super().clear()
+        self._forget_shortcut()
+
+    def keep(self, n_keep, seq=0):
+        super().keep(n_keep, seq)
+        self._forget_shortcut()
+
+    def forget(self, seq):
+        super().forget(seq)
+        self._forget_shortcut()
+
+    def commit(self, plan):
+        super().commit(plan)
+        self._forget_shortcut()
+
+
+@pytest.mark.parametrize('transposed_v', [False, True])
+def test_the_one_sequence_shortcut_plans_exactly_what_the_cells_give(transposed_v):
+    # Random calls, rewinds, resets and second sequences: every plan (cells, positions, window,
+    # mask, V index), every length and every overflow error equal the cell-by-cell planning's.
+    rng = np.random.default_rng(0)
+    fast, cells = (cls(n_ctx=40, row=3, transposed_v=transposed_v, step=8) for cls in (KVCache, _CellsOnly))
+    for _ in range(400):
+        action = rng.choice(['call', 'call', 'call', 'keep', 'clear', 'forget', 'batch'])
+        seq = int(rng.choice([0, 0, 0, 1]))
+        if action == 'call':
+            n = int(rng.choice([1, 1, 2, 5, 13]))
+            outcomes = []
+            for cache in (fast, cells):
+                try:
+                    outcomes.append(cache.plan(n, seq=seq))
+                except ContextOverflowError as exc:
+                    outcomes.append(str(exc))
+            a, b = outcomes
+            if isinstance(a, str):
+                assert a == b
+                continue
+            for field in ('rows', 'positions', 'seqs', 'mask'):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+                assert getattr(a, field).dtype == getattr(b, field).dtype
+            assert a.window == b.window
+            if transposed_v:
+                np.testing.assert_array_equal(a.v_index, b.v_index)
+            fast.commit(a)
+            cells.commit(b)
+        elif action == 'keep':
+            n_keep = int(rng.integers(0, fast.n_past(seq) + 1))
+            fast.keep(n_keep, seq)
+            cells.keep(n_keep, seq)
+        elif action == 'clear':
+            fast.clear()
+            cells.clear()
+        elif action == 'forget':
+            fast.forget(seq)
+            cells.forget(seq)
+        elif fast.n_past(0) + fast.n_past(1) + 2 <= 40:
+            for cache in (fast, cells):
+                cache.commit(cache.plan_batch([(0, 1), (1, 1)]))
+        for s in (0, 1):
+            assert fast.n_past(s) == cells.n_past(s)
+        np.testing.assert_array_equal(fast.cell_seq, cells.cell_seq)
+        np.testing.assert_array_equal(fast.cell_pos, cells.cell_pos)
+
+
+def test_token_ids_checks_a_single_id_as_it_checks_many():
+    from gadget.models.tokens import token_ids
+    assert token_ids([7], 10).tolist() == [7] and token_ids([7], 10).dtype == np.int32
+    assert token_ids(np.array([3, 9]), 10).tolist() == [3, 9] and token_ids(4, 10).tolist() == [4]
+    for bad in ([10], [-1], [2**40]):
+        with pytest.raises(ValueError, match=f'token id {bad[0]} is out of range for a vocabulary of 10'):
+            token_ids(bad, 10)
+    for bad in ([True], [1.0], ['1']):
+        with pytest.raises(TypeError, match='token ids must be integers'):
+            token_ids(bad, 10)
+    with pytest.raises(ValueError, match='non-empty'):
+        token_ids([], 10)

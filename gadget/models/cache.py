@@ -42,6 +42,7 @@ class CachePlan:
     window: int
     mask: np.ndarray          # float16 (n_tokens, window)
     v_index: np.ndarray | None
+    dense: tuple[int, int] | None = None   # (seq, n): after it, seq alone in cells [0, n)
 
 
 class KVCache:
@@ -60,17 +61,27 @@ class KVCache:
         self.n_ctx, self.row, self.transposed_v, self.step = int(n_ctx), int(row), transposed_v, int(step)
         self.cell_pos = np.full(self.n_ctx, _EMPTY, dtype=np.int64)
         self.cell_seq = np.full(self.n_ctx, _EMPTY, dtype=np.int32)
+        # The common case, one sequence decoded alone, kept as two numbers so that planning a step
+        # costs a few small arrays, not passes over every cell: when ``_dense`` is an int, cells
+        # [0, _dense) hold sequence ``_dense_seq`` at positions 0.._dense-1 and every other cell is
+        # empty; None: the cells are in any other state (see the cell arrays).
+        self._dense: int | None = 0
+        self._dense_seq = 0
+        self._cols = np.arange(self.n_ctx, dtype=np.int32)
 
     # --- sequences --------------------------------------------------------------------------------
 
     def n_past(self, seq: int = 0) -> int:
         """Tokens of sequence ``seq`` in the cache."""
+        if self._dense is not None:
+            return self._dense if seq == self._dense_seq else 0
         return int(np.count_nonzero(self.cell_seq == seq))
 
     def clear(self) -> None:
         """Empty every cell."""
         self.cell_pos.fill(_EMPTY)
         self.cell_seq.fill(_EMPTY)
+        self._dense = 0
 
     def keep(self, n_keep: int, seq: int = 0) -> None:
         """Keep only the first ``n_keep`` positions of sequence ``seq`` (the rest of its cells are freed;
@@ -81,12 +92,19 @@ class KVCache:
         drop = (self.cell_seq == seq) & (self.cell_pos >= n_keep)
         self.cell_pos[drop] = _EMPTY
         self.cell_seq[drop] = _EMPTY
+        if self._dense is not None and n:     # the sequence alone in [0, n): now in [0, n_keep)
+            self._dense = n_keep
 
     # --- one call ---------------------------------------------------------------------------------
 
     def check_fits(self, n_tokens: int, seq: int = 0) -> None:
         """:class:`ContextOverflowError` unless ``n_tokens`` more tokens fit in the free cells."""
-        self._check_room(n_tokens, int(np.count_nonzero(self.cell_seq == _EMPTY)), seq)
+        self._check_room(n_tokens, self._n_free(), seq)
+
+    def _n_free(self) -> int:
+        if self._dense is not None:
+            return self.n_ctx - self._dense
+        return int(np.count_nonzero(self.cell_seq == _EMPTY))
 
     def _check_room(self, n_tokens: int, n_free: int, seq: int) -> None:
         if n_tokens > n_free:
@@ -102,6 +120,9 @@ class KVCache:
     def plan_batch(self, items: list[tuple[int, int]]) -> CachePlan:
         """The same for one call holding ``(seq, n_tokens)`` of several sequences, in that order
         (each sequence at most once): the tokens of each follow its cached ones."""
+        if (len(items) == 1 and items[0][1] > 0 and self._dense is not None
+                and (self._dense == 0 or items[0][0] == self._dense_seq)):
+            return self._plan_dense(*items[0])
         empty = self.check_fits_batch(items)
         n_tokens = sum(n for _, n in items)
         rows, positions, seqs = self._place(items, empty)
@@ -120,6 +141,30 @@ class KVCache:
             v_index = (d * self.n_ctx + rows[None, :]).ravel()
         return CachePlan(rows=rows, positions=positions, seqs=seqs, window=window, mask=mask, v_index=v_index)
 
+    def _plan_dense(self, seq: int, n_tokens: int) -> CachePlan:
+        """:meth:`plan_batch` of one sequence's tokens when it is alone in the first cells: they go
+        to the next cells, and each sees the cells up to its own (the same plan, computed from two
+        numbers instead of the cell arrays)."""
+        n = self._dense
+        assert n is not None
+        self._check_room(n_tokens, self.n_ctx - n, seq)
+        rows = np.arange(n, n + n_tokens, dtype=np.int64)
+        positions = rows.astype(np.int32)
+        last = n + n_tokens - 1
+        window = min(self.n_ctx, (last // self.step + 1) * self.step)
+        if n_tokens == 1:
+            mask = np.full((1, window), -np.inf, dtype=np.float16)
+            mask[0, :n + 1] = 0
+        else:
+            visible = self._cols[None, :window] <= positions[:, None]
+            mask = np.where(visible, np.float16(0), np.float16(-np.inf))
+        v_index = None
+        if self.transposed_v:
+            d = np.arange(self.row, dtype=np.int64)[:, None]
+            v_index = (d * self.n_ctx + rows[None, :]).ravel()
+        return CachePlan(rows=rows, positions=positions, seqs=np.full(n_tokens, seq, dtype=np.int32),
+                         window=window, mask=mask, v_index=v_index, dense=(seq, n + n_tokens))
+
     def check_fits_batch(self, items: list[tuple[int, int]]) -> np.ndarray:
         """A ValueError for a sequence given twice, :class:`ContextOverflowError` unless the tokens
         of ``items`` (``(seq, n_tokens)``) fit in the free cells; returns the mask of free cells."""
@@ -128,7 +173,7 @@ class KVCache:
             raise ValueError(f'each sequence at most once in a call, got {seqs_given}')
         n_tokens = sum(n for _, n in items)
         empty = self.cell_seq == _EMPTY
-        n_free = int(np.count_nonzero(empty))
+        n_free = self._n_free()
         if n_tokens > n_free and len(items) == 1:
             self._check_room(n_tokens, n_free, items[0][0])
         if n_tokens > n_free:
@@ -169,6 +214,8 @@ class KVCache:
         drop = self.cell_seq == seq
         self.cell_pos[drop] = _EMPTY
         self.cell_seq[drop] = _EMPTY
+        if self._dense is not None and seq == self._dense_seq:
+            self._dense = 0
 
     def sequences(self) -> list[int]:
         """The ids of the sequences with cells in the cache."""
@@ -178,3 +225,7 @@ class KVCache:
         """Record a planned call whose graph has run: its cells now hold its tokens."""
         self.cell_pos[plan.rows] = plan.positions
         self.cell_seq[plan.rows] = plan.seqs
+        if plan.dense is not None:
+            self._dense_seq, self._dense = plan.dense
+        elif plan.rows.size:
+            self._dense = None

@@ -126,7 +126,7 @@ class CachedDecoder(GgmlModel):
         cached ones; the logits of the rows ``out_rows`` of the chunk, ``(len(out_rows), n_vocab)``.
         ``rowwise``: every row on the CPU backend's kernels, as a row alone (no BLAS offload)."""
         plan = self.cache.plan_batch([(seq, ids.size) for seq, ids in parts])
-        tokens = np.concatenate([ids for _, ids in parts])
+        tokens = parts[0][1] if len(parts) == 1 else np.concatenate([ids for _, ids in parts])
         n, n_out = tokens.size, len(out_rows)
         for key, value in (('n_tokens', n), ('n_window', plan.window), ('n_outputs', n_out),
                            ('rowwise', rowwise)):

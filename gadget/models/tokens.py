@@ -13,6 +13,8 @@ def token_ids(tokens: Any, n_vocab: int) -> np.ndarray:
     """``tokens`` (an int, a sequence or an array of ids) as a non-empty 1-D int32 array; a
     TypeError for non-integers, a ValueError for an empty or n-D input or an id outside the
     vocabulary, naming the id."""
+    if type(tokens) is list and len(tokens) == 1 and type(tokens[0]) is int and 0 <= tokens[0] < n_vocab:
+        return np.array(tokens, dtype=np.int32)     # a decode step's one id: the checks in one line
     ids = np.asarray(tokens)
     if ids.ndim == 0:
         ids = ids.reshape(1)
