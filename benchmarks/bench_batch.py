@@ -6,8 +6,10 @@ attention on (the configuration in which batched decoding is bit for bit one by 
 configuration is measured ``--repeats`` times, alternating batched and one by one; medians.
 
 With ``--weight-type`` (``BF16``, ``Q8_0``, ...) the model's matrices are converted when loaded.
-Where llama-cpp-python is installed, the same prompts one by one with it are measured too (it has
-no batched generation), with the same greedy decode loop and flash attention.
+Where llama-cpp-python is installed, the same prompts one by one with it are measured too (its
+``Llama`` has no batched generation), with the same greedy decode loop and flash attention, and
+llama.cpp's own batched decoding through its low-level API (one ``llama_batch`` of one token per
+sequence per step, a unified KV cache): what the kernels allow, batched, to llama.cpp itself.
 
 Usage: python benchmarks/bench_batch.py [--model FILE.gguf] [--gen 32] [--threads 2] [--repeats 3]
            [--weight-type BF16] [--sequences 1,4,8,16]
@@ -66,6 +68,60 @@ def llama_cpp_one_by_one(llm: Any, prompts: list[list[int]], gen: int) -> float:
     return len(prompts) * gen / spent
 
 
+class LlamaCppBatch:
+    """llama.cpp's own batched decoding, through llama-cpp-python's low-level API (its high-level
+    ``Llama`` has none): one context of ``n_seq_max`` sequences, each prompt decoded as its own
+    batch, then every decode step one ``llama_batch`` of one token per sequence (what llama.cpp's
+    server and ``llama-batched-bench`` do), flash attention, the KV cache unified (one pool of cells
+    for all sequences, as gadget's) or split per sequence (``unified=False``)."""
+
+    def __init__(self, path: str, n_seq_max: int, threads: int, unified: bool = True):
+        import llama_cpp as L
+        self.L = L
+        self.model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+        params = L.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
+        params.n_seq_max, params.kv_unified = n_seq_max, unified
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.ctx = L.llama_init_from_model(self.model, params)
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        self.batch = L.llama_batch_init(512, 0, 1)
+
+    def _decode(self, items: list[tuple[int, int, int]], want_all: bool) -> None:
+        """Decode ``(token, pos, seq)`` items as one batch (logits of the last, or of all)."""
+        b = self.batch
+        b.n_tokens = len(items)
+        for i, (token, pos, seq) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = token, pos, 1, seq
+            b.logits[i] = want_all or i == len(items) - 1
+        if self.L.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError('llama_decode failed')
+
+    def _argmax(self, i: int) -> int:
+        return int(np.argmax(np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, i),
+                                                   shape=(self.n_vocab,))))
+
+    def decode_rate(self, prompts: list[list[int]], gen: int) -> float:
+        """Decode tokens/s of the prompts as one batch (prefill not counted)."""
+        self.L.llama_memory_clear(self.L.llama_get_memory(self.ctx), True)
+        tokens = []
+        for seq, ids in enumerate(prompts):
+            self._decode([(t, pos, seq) for pos, t in enumerate(ids)], want_all=False)
+            tokens.append(self._argmax(len(ids) - 1))
+        start = time.perf_counter()
+        for step in range(gen):
+            self._decode([(t, len(ids) + step, seq) for seq, (t, ids) in enumerate(zip(tokens, prompts))],
+                         want_all=True)
+            tokens = [self._argmax(i) for i in range(len(prompts))]
+        return len(prompts) * gen / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.L.llama_batch_free(self.batch)
+        self.L.llama_free(self.ctx)
+        self.L.llama_model_free(self.model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--model', default=None)
@@ -86,28 +142,34 @@ def main() -> None:
         import llama_cpp
         llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=args.threads, verbose=False,
                               flash_attn=True, logits_all=True)
+        peer_batch = LlamaCppBatch(path, max(counts), args.threads)
     except ImportError:
-        llm = None
+        llm = peer_batch = None
     weights = f', weights {args.weight_type}' if args.weight_type else ''
     print(f'gadget{weights}; llama-cpp-python {"(as stored)" if llm else "not installed"}\n')
-    peer = ' llama-cpp-python one by one, tok/s | batched / llama-cpp-python |' if llm else ''
+    peer = (' llama-cpp-python one by one, tok/s | batched / llama-cpp-python |'
+            ' llama.cpp batched (low-level API), tok/s | its batched / its one by one |'
+            ' gadget batched / llama.cpp batched |') if llm else ''
     print(f'| sequences | one by one, tok/s | batched, tok/s | batched / one by one |{peer}')
-    print('|---|---|---|---|' + ('---|---|' if llm else ''))
+    print('|---|---|---|---|' + ('---|---|---|---|---|' if llm else ''))
     with LlamaModel.from_path(path, n_threads=args.threads, context_length=2048, flash_attn=True,
                               weight_type=args.weight_type) as model:
         for n in counts:
-            rates: dict[str, list[float]] = {'alone': [], 'batch': [], 'peer': []}
+            rates: dict[str, list[float]] = {'alone': [], 'batch': [], 'peer': [], 'peer_batch': []}
             for _ in range(args.repeats):
                 rates['alone'].append(one_by_one(model, prompts[:n], args.gen))
                 rates['batch'].append(batched(model, prompts[:n], args.gen))
                 if llm is not None:
                     rates['peer'].append(llama_cpp_one_by_one(llm, prompts[:n], args.gen))
+                    rates['peer_batch'].append(peer_batch.decode_rate(prompts[:n], args.gen))
             a, b = statistics.median(rates['alone']), statistics.median(rates['batch'])
             row = f'| {n} | {a:.1f} | {b:.1f} | {b / a:.2f}× |'
             if llm is not None:
-                c = statistics.median(rates['peer'])
-                row += f' {c:.1f} | {b / c:.2f}× |'
+                c, d = statistics.median(rates['peer']), statistics.median(rates['peer_batch'])
+                row += f' {c:.1f} | {b / c:.2f}× | {d:.1f} | {d / c:.2f}× | {b / d:.2f}× |'
             print(row)
+    if peer_batch is not None:
+        peer_batch.close()
 
 if __name__ == '__main__':
     main()

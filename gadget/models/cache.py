@@ -223,9 +223,13 @@ class KVCache:
 
     def commit(self, plan: CachePlan) -> None:
         """Record a planned call whose graph has run: its cells now hold its tokens."""
+        if plan.dense is not None:       # cells [n - n_tokens, n): slices, not scattered writes
+            (self._dense_seq, n), start = plan.dense, int(plan.rows[0])
+            self.cell_pos[start:n] = plan.positions
+            self.cell_seq[start:n] = plan.seqs
+            self._dense = n
+            return
         self.cell_pos[plan.rows] = plan.positions
         self.cell_seq[plan.rows] = plan.seqs
-        if plan.dense is not None:
-            self._dense_seq, self._dense = plan.dense
-        elif plan.rows.size:
+        if plan.rows.size:
             self._dense = None

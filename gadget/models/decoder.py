@@ -21,6 +21,8 @@ from .tokens import token_ids
 __all__ = ['CachedDecoder', 'DEFAULT_CONTEXT', 'KV_STEP']
 
 DEFAULT_CONTEXT = 4096   # default cap on the KV cache (the model's own length may be far larger)
+_LAST_ROW = np.zeros(1, dtype=np.int32)   # out_index of a one-token call (read-only, shared)
+_LAST_ROW.flags.writeable = False
 
 
 class CachedDecoder(GgmlModel):
@@ -136,7 +138,8 @@ class CachedDecoder(GgmlModel):
         self.write('tokens', tokens)
         self.write('positions', plan.positions)
         self.write('kv_index', plan.rows)
-        self.write('out_index', np.asarray(out_rows, dtype=np.int32))
+        first_only = n_out == 1 and out_rows[0] == 0
+        self.write('out_index', _LAST_ROW if first_only else np.asarray(out_rows, dtype=np.int32))
         self.write('mask', plan.mask)
         if plan.v_index is not None:
             self.write('v_index', plan.v_index)
