@@ -100,6 +100,8 @@ def test_textgen_tables():
         assert float(table_row(out, 'llama-cpp-python (default)')[1].replace(',', '')) > 0
         for mode in ('default', 'flash_attn', 'unfused'):
             assert re.search(rf'\| {mode} \| llama-cpp-python \| [\d.]+× \| [\d.]+× \|', out), mode
+        assert re.search(r'Decode, the two alternating every \d+ tokens in one process .* median ratio '
+                         r'of the rounds \*\*[\d.]+×\*\*', out)
 
 
 @pytest.mark.slow
