@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gadget.bench.textgen import TEXT
+from gadget.bench.textgen import TEXT, llama_cpp_peer
 from gadget.models import LlamaModel
 from gadget.textgen import default_model_path
 from gadget.tokenizer import load_tokenizer
@@ -138,15 +138,16 @@ def main() -> None:
     prompts = [words[7 * i:7 * i + 8 + (i * 5) % 31] for i in range(16)]
     print(f'{path.rsplit("/", 1)[-1]}, {args.threads} threads, {args.gen} greedy tokens per sequence, '
           f'flash attention, median of {args.repeats}\n')
-    try:
+    checked = llama_cpp_peer(path)
+    if checked.present:
         import llama_cpp
         llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=args.threads, verbose=False,
                               flash_attn=True, logits_all=True)
         peer_batch = LlamaCppBatch(path, max(counts), args.threads)
-    except ImportError:
+    else:
         llm = peer_batch = None
     weights = f', weights {args.weight_type}' if args.weight_type else ''
-    print(f'gadget{weights}; llama-cpp-python {"(as stored)" if llm else "not installed"}\n')
+    print(f'gadget{weights}; llama-cpp-python {"(as stored)" if llm else checked.reason}\n')
     peer = (' llama-cpp-python one by one, tok/s | batched / llama-cpp-python |'
             ' llama.cpp batched (low-level API), tok/s | its batched / its one by one |'
             ' gadget batched / llama.cpp batched |') if llm else ''

@@ -100,8 +100,8 @@ def test_textgen_tables():
         assert float(table_row(out, 'llama-cpp-python (default)')[1].replace(',', '')) > 0
         for mode in ('default', 'flash_attn', 'unfused'):
             assert re.search(rf'\| {mode} \| llama-cpp-python \| [\d.]+× \| [\d.]+× \|', out), mode
-        assert re.search(r'Decode, the two alternating every \d+ tokens in one process .* median ratio '
-                         r'of the rounds \*\*[\d.]+×\*\*', out)
+        assert re.search(r'Decode, the three taking turns every \d+ tokens in one process .* median over '
+                         r'the rounds of gadget / the faster llama-cpp-python mode \*\*[\d.]+×\*\*', out)
 
 
 @pytest.mark.slow
@@ -147,3 +147,37 @@ def test_a_file_that_is_not_gguf_is_one_line(tmp_path):
     proc = bench('gguf', '--quick', '--model', str(bad))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and str(bad) in lines[0], proc.stderr
+
+
+FATAL_LLAMA_CPP = '''\
+import os, signal
+
+class Llama:
+    def __init__(self, **kwargs):
+        pass
+
+    def eval(self, tokens):
+        if len(tokens) > 1:      # as a build whose batched kernels crash: the process dies
+            os.kill(os.getpid(), signal.SIGSEGV)
+'''
+
+
+def test_a_peer_that_kills_its_process_is_reported_not_run(tmp_path, monkeypatch):
+    from gadget.bench.textgen import llama_cpp_peer
+
+    (tmp_path / 'llama_cpp').mkdir()
+    (tmp_path / 'llama_cpp' / '__init__.py').write_text(FATAL_LLAMA_CPP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('PYTHONPATH', str(tmp_path))
+    monkeypatch.delitem(sys.modules, 'llama_cpp', raising=False)
+    peer = llama_cpp_peer(str(default_model_path(download=False)))
+    assert not peer.present
+    assert 'failed on a two-token prompt' in peer.reason and 'exit status -11' in peer.reason
+    assert '-mno-amx-int8' in peer.reason
+
+
+def test_a_working_peer_is_present():
+    pytest.importorskip('llama_cpp')
+    from gadget.bench.textgen import llama_cpp_peer
+
+    assert llama_cpp_peer(str(default_model_path(download=False))).present

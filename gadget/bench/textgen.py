@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..backends import backends
-from .common import (alternate, find_peer, in_subprocess, markdown_table, median, number, plural,
+from .common import (Peer, alternate, find_peer, in_subprocess, markdown_table, median, number, plural,
                      progress_bar, ratio)
 
 __all__ = ['TEXT', 'CONTEXT_LENGTH', 'QUICK', 'prompt_tokens', 'run_gadget', 'run_llama_cpp', 'run', 'report']
@@ -35,6 +35,12 @@ CONTEXT_LENGTH = 1024
 QUICK: dict[str, Any] = {'repeats': 1, 'prompt': 32, 'gen': 16}
 LLAMA_CPP_INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
 TRANSFORMERS_INSTALL = 'pip install torch transformers gguf accelerate'
+LLAMA_CPP_NO_AMX_INSTALL = ("CMAKE_ARGS=\"-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8' "
+                            "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8'\" pip install --force-reinstall "
+                            "--no-cache-dir llama-cpp-python")
+GADGET_DEFAULT = 'gadget (default)'
+LLAMA_DEFAULT = 'llama-cpp-python (default)'
+LLAMA_FLASH = 'llama-cpp-python `flash_attn=True`'
 
 
 def prompt_tokens(path: str | os.PathLike, n: int) -> list[int]:
@@ -107,20 +113,52 @@ def run_llama_cpp(path: str, tokens: list[int], n_gen: int, threads: int,
     return {'load_s': load, 'prefill_tps': len(tokens) / prefill, 'decode_tps': n_gen / decode}
 
 
+def llama_cpp_prompt_check(path: str) -> int:
+    """llama-cpp-python evaluates a two-token prompt (run in a child by :func:`llama_cpp_peer`);
+    returns how many logits rows it has."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+    try:
+        llm.eval([1, 2])
+        return int(llm.n_tokens)
+    finally:
+        llm.close()
+
+
+def llama_cpp_peer(path: str) -> Peer:
+    """llama-cpp-python as a peer, once a child process has seen it evaluate a prompt: a build that
+    kills its process (a native build of GGML's AMX kernels does on Sapphire Rapids with GCC 12: the
+    tile configuration is optimised away, llama.cpp PR #26954) is reported, not run in this one."""
+    peer = find_peer('llama-cpp-python', ['llama_cpp'], 'llama_cpp_python', LLAMA_CPP_INSTALL,
+                     import_first=True)
+    if peer.present:
+        try:
+            in_subprocess(f'{__name__}:llama_cpp_prompt_check', {'path': path}, timeout=300)
+        except RuntimeError as exc:
+            return Peer(peer.name, peer.install, reason=(
+                f'its build failed on a two-token prompt ({exc}); on a CPU with AMX, build it '
+                f'without AMX: {LLAMA_CPP_NO_AMX_INSTALL}'))
+    return peer
+
+
 def interleaved_decode(path: str, tokens: list[int], threads: int, rounds: int,
                        block: int = 64) -> dict[str, Any]:
-    """Decode speed of gadget (default) and llama-cpp-python (``flash_attn=True``: the same
-    attention), both loaded in this process, alternating every ``block`` greedy tokens after the
-    same prompt (A B B A in each round): on a shared machine the two see the same minute far more
-    closely than whole runs one after the other do. Returns each one's median tok/s over its blocks
-    and the median of the rounds' ratios (gadget / llama-cpp-python)."""
+    """Decode speed of gadget (default) and of llama-cpp-python in both its attention modes (its
+    default, unfused, and ``flash_attn=True``: which is faster depends on the CPU), all three loaded
+    in this process, taking turns every ``block`` greedy tokens after the same prompt (A B C C B A
+    in each round, the order rotated from round to round): on a shared machine they see the same
+    minute far more closely than whole runs one after the other do. Returns each one's median tok/s
+    over its blocks (``tps``), and the median over the rounds of gadget / the faster
+    llama-cpp-python mode of that round (``ratio``, each round's in ``ratios``)."""
     from llama_cpp import Llama
 
     from ..models import LlamaModel
 
     model = LlamaModel.from_path(path, n_threads=threads, context_length=CONTEXT_LENGTH, batch_size=512)
-    llm = Llama(model_path=path, n_ctx=CONTEXT_LENGTH, n_batch=512, n_ubatch=512, n_threads=threads,
-                n_threads_batch=threads, flash_attn=True, verbose=False)
+    peers = {mode: Llama(model_path=path, n_ctx=CONTEXT_LENGTH, n_batch=512, n_ubatch=512,
+                         n_threads=threads, n_threads_batch=threads, flash_attn=flash, verbose=False)
+             for mode, flash in ((LLAMA_DEFAULT, False), (LLAMA_FLASH, True))}
 
     def gadget_block() -> float:
         model.reset()
@@ -131,7 +169,7 @@ def interleaved_decode(path: str, tokens: list[int], threads: int, rounds: int,
             token = int(np.argmax(model([token])))
         return block / (time.perf_counter() - start)
 
-    def llama_block() -> float:
+    def llama_block(llm: Any) -> float:
         llm.reset()
         llm.eval(tokens)
         llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
@@ -140,23 +178,26 @@ def interleaved_decode(path: str, tokens: list[int], threads: int, rounds: int,
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
         return block / (time.perf_counter() - start)
 
+    runners: dict[str, Callable[[], float]] = {GADGET_DEFAULT: gadget_block}
+    runners.update({mode: functools.partial(llama_block, llm) for mode, llm in peers.items()})
+    names = list(runners)
     try:
-        gadget_rates: list[float] = []
-        llama_rates: list[float] = []
+        rates: dict[str, list[float]] = {name: [] for name in names}
         ratios = []
         for r in range(rounds):
-            first, second = (gadget_block, llama_block) if r % 2 == 0 else (llama_block, gadget_block)
-            got = {fn: [fn()] for fn in (first, second)}
-            got[second].append(second())
-            got[first].append(first())
-            gadget_rates += got[gadget_block]
-            llama_rates += got[llama_block]
-            ratios.append(sum(got[gadget_block]) / sum(got[llama_block]))
+            order = names[r % len(names):] + names[:r % len(names)]
+            got: dict[str, float] = dict.fromkeys(names, 0.0)
+            for name in order + order[::-1]:
+                rate = runners[name]()
+                rates[name].append(rate)
+                got[name] += rate
+            ratios.append(got[GADGET_DEFAULT] / max(got[mode] for mode in peers))
     finally:
         model.close()
-        llm.close()
-    return {'rounds': rounds, 'block': block, 'gadget_tps': median(gadget_rates),
-            'peer_tps': median(llama_rates), 'ratio': median(ratios), 'ratios': ratios}
+        for llm in peers.values():
+            llm.close()
+    return {'rounds': rounds, 'block': block, 'tps': {name: median(v) for name, v in rates.items()},
+            'ratio': median(ratios), 'ratios': ratios}
 
 
 def run_transformers(path: str, tokens: list[int], n_gen: int, threads: int) -> dict[str, float]:
@@ -212,8 +253,7 @@ def run(path: str | os.PathLike | None = None, threads: int = 2, repeats: int = 
         path = default_model_path()
     path = str(path)
     tokens = prompt_tokens(path, prompt)
-    peer = find_peer('llama-cpp-python', ['llama_cpp'], 'llama_cpp_python', LLAMA_CPP_INSTALL,
-                     import_first=True)
+    peer = llama_cpp_peer(path)
     hf = find_peer('transformers', ['transformers', 'torch', 'gguf', 'accelerate'], 'transformers',
                    TRANSFORMERS_INSTALL)
     # (name, library, flash_attn, variant, runner), variant None, 'BF16' (weight_type) or 'no BLAS'
@@ -305,10 +345,10 @@ def report(result: dict[str, Any]) -> str:
     i = result.get('interleaved')
     if i:
         rounds = ', '.join(f'{x:.2f}' for x in i['ratios'])
-        notes += (f"\n\nDecode, the two alternating every {i['block']} tokens in one process (A B B A, "
-                  f"{i['rounds']} rounds): gadget (default) {number(i['gadget_tps'])} tok/s, "
-                  f"llama-cpp-python `flash_attn=True` {number(i['peer_tps'])} tok/s; "
-                  f"median ratio of the rounds **{ratio(i['ratio'])}** (rounds {rounds}).")
+        rates = ', '.join(f'{name} {number(tps)}' for name, tps in i['tps'].items())
+        notes += (f"\n\nDecode, the three taking turns every {i['block']} tokens in one process "
+                  f"(A B C C B A, {i['rounds']} rounds), tok/s: {rates}; median over the rounds of "
+                  f"gadget / the faster llama-cpp-python mode **{ratio(i['ratio'])}** (rounds {rounds}).")
     return (f"{result['model']['name']}, {plural(s['threads'], 'thread')}, a {s['prompt']}-token prompt, "
             f"{s['gen']} greedy tokens; gadget and {who} alternating, median of {s['repeats']}."
             f"{_blas_note(result)}\n\n"
