@@ -176,8 +176,14 @@ def test_a_peer_that_kills_its_process_is_reported_not_run(tmp_path, monkeypatch
     assert '-mno-amx-int8' in peer.reason
 
 
-def test_a_working_peer_is_present():
+def test_the_installed_peer_is_judged_by_what_it_does():
+    """The check agrees with a two-token prompt run here in a plain child process: a build that
+    works is present, one that dies (an AMX build on Sapphire Rapids) is reported."""
     pytest.importorskip('llama_cpp')
     from gadget.bench.textgen import llama_cpp_peer
 
-    assert llama_cpp_peer(str(default_model_path(download=False))).present
+    path = str(default_model_path(download=False))
+    script = ('import sys; from llama_cpp import Llama; '
+              'Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False).eval([1, 2])')
+    works = subprocess.run([sys.executable, '-c', script, path], capture_output=True).returncode == 0
+    assert llama_cpp_peer(path).present == works
