@@ -169,7 +169,10 @@ def test_a_peer_that_kills_its_process_is_reported_not_run(tmp_path, monkeypatch
     (tmp_path / 'llama_cpp' / '__init__.py').write_text(FATAL_LLAMA_CPP)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv('PYTHONPATH', str(tmp_path))
-    monkeypatch.delitem(sys.modules, 'llama_cpp', raising=False)
+    # the fake is imported here (find_peer imports a peer that runs in-process): set then delete,
+    # so that undoing restores sys.modules as it was and no later test sees the fake
+    monkeypatch.setitem(sys.modules, 'llama_cpp', None)
+    monkeypatch.delitem(sys.modules, 'llama_cpp')
     peer = llama_cpp_peer(str(default_model_path(download=False)))
     assert not peer.present
     assert 'failed on a two-token prompt' in peer.reason and 'exit status -11' in peer.reason
