@@ -115,7 +115,7 @@ def run_llama_cpp(path: str, tokens: list[int], n_gen: int, threads: int,
 
 def llama_cpp_prompt_check(path: str) -> int:
     """llama-cpp-python evaluates a two-token prompt (run in a child by :func:`llama_cpp_peer`);
-    returns how many logits rows it has."""
+    returns how many tokens its context then holds."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=path, n_ctx=64, n_batch=64, n_threads=1, verbose=False)
